@@ -1,0 +1,41 @@
+"""Shared fixtures: a redirected user dir (STYLE 7) and tiny random models in the real file formats (STYLE 11)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def vqclip_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own VQCLIP_HOME; tests never touch the real cache or the network."""
+    home = tmp_path_factory.mktemp("vqclip_home")
+    monkeypatch.setenv("VQCLIP_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny VQGANs (VQModel and GumbelVQ layouts, Lightning-style ckpts) and a tiny open_clip model, on disk."""
+    from vqclip.tiny import make_tiny_clip, make_tiny_vqgan
+
+    folder = tmp_path_factory.mktemp("tiny_models")
+    vq_yaml, vq_ckpt = make_tiny_vqgan(folder, "tiny_vq")
+    gb_yaml, gb_ckpt = make_tiny_vqgan(folder, "tiny_gumbel", gumbel=True)
+    clip_json, clip_ckpt = make_tiny_clip(folder, "tiny-clip")
+    return {
+        "folder": folder,
+        "vqgan_yaml": vq_yaml,
+        "vqgan_ckpt": vq_ckpt,
+        "gumbel_yaml": gb_yaml,
+        "gumbel_ckpt": gb_ckpt,
+        "clip_json": clip_json,
+        "clip_ckpt": clip_ckpt,
+    }
+
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
