@@ -1,0 +1,43 @@
+"""Small autograd tricks from the VQGAN-CLIP notebook (Katherine Crowson, 2021)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class _ReplaceGrad(torch.autograd.Function):
+    """Forward `x_forward`, backward into `x_backward` (straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx: Any, x_forward: torch.Tensor, x_backward: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.shape = x_backward.shape
+        return x_forward
+
+    @staticmethod
+    def backward(ctx: Any, grad_in: torch.Tensor) -> tuple[None, torch.Tensor]:  # type: ignore[override]
+        return None, grad_in.sum_to_size(ctx.shape)
+
+
+class _ClampWithGrad(torch.autograd.Function):
+    """Clamp, but let the gradient through where it pushes values back inside [min, max]."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.lo, ctx.hi = lo, hi
+        ctx.save_for_backward(x)
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx: Any, grad_in: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad_in * (grad_in * (x - x.clamp(ctx.lo, ctx.hi)) >= 0), None, None
+
+
+def replace_grad(x_forward: torch.Tensor, x_backward: torch.Tensor) -> torch.Tensor:
+    return _ReplaceGrad.apply(x_forward, x_backward)
+
+
+def clamp_with_grad(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    return _ClampWithGrad.apply(x, lo, hi)
