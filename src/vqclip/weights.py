@@ -1,0 +1,896 @@
+"""VQGAN weights: one registry table, the weights folder, verified resumable downloads, name resolution.
+
+Habits and sources:
+- one typed table that the CLI, `scripts/fetch_weights.py` and the docs all read (open_clip `pretrained.py`);
+- a cached file is reused only when its sha256 matches, downloads go to a temporary name and are hashed before
+  they take the real name (open_clip `download_pretrained_from_url`; k-diffusion `utils.download_file`, whose
+  mismatch error names the file and the URL); resume with an HTTP Range request, as `curl -C -` does;
+- a user folder that tests redirect (llm `user_dir()` + `LLM_USER_PATH`).
+
+Weights folder: `--weights-dir` when given, else `$VQCLIP_HOME/weights` when `VQCLIP_HOME` is set, else
+`<platform user cache>/vqclip/weights` (platformdirs). It holds `NAME.ckpt` (registry downloads), any custom
+`NAME.yaml` + `NAME.ckpt` pairs, `*.part` files of unfinished downloads, `NAME.safetensors` caches (see
+`checkpoints.py`) and `manifest.json`, which records each checked file's sha256 keyed by size + mtime so that a
+verified file is not hashed again on every run. Registry yamls ship inside the package (`model_yamls/`).
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+from vqclip import __version__
+from vqclip.errors import VqclipError, WeightsMissing
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# --------------------------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One downloadable VQGAN checkpoint. The yaml ships in the package when `model_yamls/NAME.yaml` exists."""
+
+    name: str
+    description: str  # dataset and the look it gives
+    architecture: str
+    size: int | None  # exact bytes of the .ckpt, checked after download; None when unknown
+    sha256: str | None  # None: trusted on first use (the first download's hash is recorded and enforced)
+    url: str  # tried first
+    mirrors: tuple[str, ...] = ()  # tried in order after `url`
+    yaml_urls: tuple[str, ...] = ()  # only used when no yaml ships in the package
+    license: str = ""
+    approx_size: int | None = None  # for display when the exact size is unknown
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url, *self.mirrors)
+
+    @property
+    def display_size(self) -> int | None:
+        return self.size if self.size is not None else self.approx_size
+
+
+# Revision-pinned preservation mirror of the pytti-era checkpoints (files `<key>/<key>.{ckpt,yaml}`); it serves
+# Range requests. Its manifest gives the sha256 values below.
+SOMNAI = "https://huggingface.co/Somnai/pytti-vqgan-checkpoints/resolve/debc22c8f285c7734980c464ff992d335dde6e9a"
+HEIBOX = "https://heibox.uni-heidelberg.de"
+_TAMING_LICENSE = "CompVis taming-transformers release (code MIT); research weights, see the taming README"
+
+
+def _somnai(key: str, ext: str = "ckpt") -> str:
+    return f"{SOMNAI}/{key}/{key}.{ext}"
+
+
+def _heibox_dir(share: str, path: str) -> str:
+    return f"{HEIBOX}/d/{share}/files/?p={path.replace('/', '%2F')}&dl=1"
+
+
+_REGISTRY: tuple[WeightSpec, ...] = (
+    WeightSpec(
+        name="vqgan_imagenet_f16_16384",
+        description="ImageNet, 16384 codes: the general-purpose default; varied, detailed textures",
+        architecture="VQModel f16, n_embed 16384, embed_dim 256",
+        size=980092370,
+        sha256="845a68805098cb666420d5db93df53f3a3b6dd443e6dd85c05759c5b998cd663",
+        url=_somnai("imagenet"),
+        mirrors=(f"{HEIBOX}/f/867b05fc8c4841768640/?dl=1",),
+        yaml_urls=(f"{HEIBOX}/f/274fb24ed38341bfa753/?dl=1", _somnai("imagenet", "yaml")),
+        license=_TAMING_LICENSE + "; ImageNet terms of access apply",
+    ),
+    WeightSpec(
+        name="vqgan_imagenet_f16_1024",
+        description="ImageNet, 1024 codes: coarser, blockier shapes and bolder colour than the 16384 model",
+        architecture="VQModel f16, n_embed 1024, embed_dim 256",
+        size=None,
+        sha256=None,
+        approx_size=958_000_000,
+        url=f"{HEIBOX}/f/140747ba53464f49b476/?dl=1",
+        mirrors=("https://github.com/Eleiber/VQGAN-Mirrors/releases/download/0.0.1/vqgan_imagenet_f16_1024.ckpt",),
+        yaml_urls=(f"{HEIBOX}/f/6ecf2af6c658432c8298/?dl=1",
+                   "https://github.com/Eleiber/VQGAN-Mirrors/releases/download/0.0.1/vqgan_imagenet_f16_1024.yaml"),
+        license=_TAMING_LICENSE + "; ImageNet terms of access apply",
+    ),
+    WeightSpec(
+        name="vqgan_gumbel_f8_8192",
+        description="Open Images, 8192 codes, f8 Gumbel: finer detail (8-pixel tokens, 4x the latent grid)",
+        architecture="GumbelVQ f8, n_embed 8192, embed_dim 256",
+        size=376581823,
+        sha256="5cd6c74810ab97e00e942c25403f73afc081e8b19987b31ec0d9ff5b68e7ab14",
+        url=_somnai("openimages"),
+        mirrors=(_heibox_dir("2e5662443a6b4307b470", "/ckpts/last.ckpt"),),
+        yaml_urls=(_heibox_dir("2e5662443a6b4307b470", "/configs/model.yaml"), _somnai("openimages", "yaml")),
+        license=_TAMING_LICENSE + "; Open Images (CC BY 4.0 annotations, images under their own licences)",
+    ),
+    WeightSpec(
+        name="wikiart_16384",
+        description="WikiArt paintings, 16384 codes: painterly brushwork, canvas texture, art-history palettes",
+        architecture="VQModel f16, n_embed 16384, embed_dim 256",
+        size=1005327541,
+        sha256="bd08bb46301f98be1712bb2be9f8868cea30b53137cd985d4d6e8da8b3e02c36",
+        url=_somnai("wikiart"),
+        mirrors=("https://github.com/pixray/pixray/releases/download/v1.7.1/vqgan_wikiart_16384.ckpt",),
+        yaml_urls=("https://github.com/pixray/pixray/releases/download/v1.7.1/vqgan_wikiart_16384.yaml",
+                   _somnai("wikiart", "yaml")),
+        license="community fine-tune of the ImageNet VQGAN on WikiArt; artworks keep their own rights; research use",
+    ),
+    WeightSpec(
+        name="sflckr",
+        description="S-FLCKR landscapes (Flickr scenery): skies, mountains, water; photographic scenes",
+        architecture="VQModel f16, n_embed 1024 (first stage of a Net2NetTransformer checkpoint)",
+        size=4263525412,
+        sha256="8a8adea3da8dab412675772831370dd948e0aa97bb11a9488a2f328b58dbc929",
+        # The mirror spells the key "sflickr" (pytti's alias table); "sflckr" is kept as a fallback spelling.
+        url=_somnai("sflickr"),
+        mirrors=(_heibox_dir("73487ab6e5314cb5adba", "/checkpoints/last.ckpt"), _somnai("sflckr")),
+        yaml_urls=(_heibox_dir("73487ab6e5314cb5adba", "/configs/2020-11-09T13-31-51-project.yaml"),),
+        license=_TAMING_LICENSE + "; Flickr images under their own licences",
+    ),
+    WeightSpec(
+        name="coco",
+        description="COCO-Stuff scenes, 8192 codes: everyday objects and busy indoor/outdoor scenes",
+        architecture="VQModel f16, n_embed 8192, embed_dim 256 (first stage of the COCO scene transformer)",
+        size=296030214,
+        sha256="106cc20fde571df14afc4349d62218d8213cf47177c682ecaa78a8c28b12f9de",
+        url=_somnai("coco"),
+        yaml_urls=(_somnai("coco", "yaml"),),
+        license=_TAMING_LICENSE + "; COCO images under their own (mostly CC) licences",
+    ),
+    WeightSpec(
+        name="faceshq",
+        description="FacesHQ (CelebA-HQ + FFHQ): faces and portraits, smooth skin, studio look",
+        architecture="VQModel f16, n_embed 1024 (first stage of a Net2NetTransformer checkpoint)",
+        size=None,
+        sha256="3274bba51bd565c90990bbcf7bb5dad0b9b95a6a77011980afc4c3cfc4d1cad1",
+        url=_somnai("faceshq"),
+        yaml_urls=(_somnai("faceshq", "yaml"),),
+        license=_TAMING_LICENSE + "; FFHQ (CC BY-NC-SA 4.0) and CelebA-HQ (non-commercial research)",
+    ),
+)
+
+WEIGHTS: dict[str, WeightSpec] = {spec.name: spec for spec in _REGISTRY}
+
+# ----------------------------------------------------------------------------------------------- folders
+
+MANIFEST_NAME = "manifest.json"
+USER_AGENT = f"vqclip/{__version__} (+urllib)"
+CHUNK = 1 << 20
+
+# Manifest statuses, shown by `vqclip weights list`.
+VERIFIED = "verified"  # sha256 matches the registry
+TOFU = "trusted-on-first-use"  # no published sha256; the first download's hash is recorded and enforced
+CUSTOM = "custom"  # a user's NAME.yaml + NAME.ckpt; hash recorded for run records
+
+
+def vqclip_home() -> Path:
+    """`$VQCLIP_HOME` when set, else the platform's user cache folder for vqclip."""
+    env = os.environ.get("VQCLIP_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("vqclip", appauthor=False))
+
+
+def weights_dir(override: str | Path | None = None) -> Path:
+    """The weights folder: `override` (`--weights-dir`) > `$VQCLIP_HOME/weights` > user cache `vqclip/weights`."""
+    if override:
+        return Path(override).expanduser()
+    return vqclip_home() / "weights"
+
+
+_weights_folder = weights_dir  # for functions whose `weights_dir` parameter shadows the function
+
+
+def packaged_yaml(name: str) -> Path | None:
+    """The yaml shipped in the package for registry model `name`, if any."""
+    candidate = Path(str(resources.files("vqclip").joinpath("model_yamls", f"{name}.yaml")))
+    return candidate if candidate.is_file() else None
+
+
+def part_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part")
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "unknown size"
+    from rich.filesize import decimal
+
+    return decimal(n)
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+
+
+def _manifest_key(folder: Path, path: Path) -> str:
+    path = path.absolute()
+    return path.name if path.parent == folder.absolute() else str(path)
+
+
+def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads((folder / MANIFEST_NAME).read_text())
+        files = data.get("files", {})
+        return files if isinstance(files, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_manifest(folder: Path, files: dict[str, dict[str, Any]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"version": 1, "files": files}, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, folder / MANIFEST_NAME)
+
+
+def manifest_entry(folder: Path, path: Path) -> dict[str, Any] | None:
+    """The manifest's record of `path`, whatever the file's current size and mtime."""
+    return read_manifest(folder).get(_manifest_key(folder, path))
+
+
+def fresh_entry(folder: Path, path: Path) -> dict[str, Any] | None:
+    """The record of `path` only while its size and mtime are those recorded (so its hash still holds)."""
+    entry = manifest_entry(folder, path)
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+        return entry
+    return None
+
+
+def record_file(folder: Path, path: Path, sha256: str, status: str, url: str | None = None) -> dict[str, Any]:
+    st = path.stat()
+    entry = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "status": status,
+             "checked": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if url:
+        entry["url"] = url
+    files = read_manifest(folder)
+    files[_manifest_key(folder, path)] = entry
+    _write_manifest(folder, files)
+    return entry
+
+
+def forget_file(folder: Path, path: Path) -> None:
+    files = read_manifest(folder)
+    if files.pop(_manifest_key(folder, path), None) is not None:
+        _write_manifest(folder, files)
+
+
+# ----------------------------------------------------------------------------------------------- hashing
+
+
+def sha256_file(path: Path, console: Console | None = None, label: str | None = None) -> str:
+    """sha256 of a file, with a progress bar for big files when a console is given."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if console is None or size < 64 * CHUNK:
+            for block in iter(lambda: fh.read(CHUNK), b""):
+                digest.update(block)
+            return digest.hexdigest()
+        with _progress(console) as progress:
+            task = progress.add_task(f"checking {label or path.name}", total=size)
+            for block in iter(lambda: fh.read(CHUNK), b""):
+                digest.update(block)
+                progress.advance(task, len(block))
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- downloads
+
+
+class DownloadError(Exception):
+    """One URL failed. `network`: no answer at all (offline?); `resumable`: the .part is good, retry with Range."""
+
+    def __init__(self, url: str, reason: str, *, network: bool = False, resumable: bool = False) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url, self.reason, self.network, self.resumable = url, reason, network, resumable
+
+
+def _progress(console: Console) -> Any:
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
+def looks_like_html(head: bytes, content_type: str = "") -> bool:
+    """A login page, a 'file not found' page or a host's download interstitial instead of the file."""
+    if "text/html" in content_type.lower():
+        return True
+    start = head[:1024].lstrip().lower()
+    return start.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in start[:256]
+
+
+def _open(url: str, offset: int, timeout: float) -> Any:
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:  # the .part already holds the whole file (or garbage): the checks decide
+            return None
+        raise DownloadError(url, f"HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", None) or e
+        raise DownloadError(url, f"no connection ({reason})", network=True) from None
+
+
+def fetch_to_part(url: str, part: Path, *, size: int | None, timeout: float,
+                  on_start: Callable[[int, int | None], None], on_bytes: Callable[[int], None]) -> None:
+    """Stream `url` into `part`, resuming from its current length with a Range request."""
+    offset = part.stat().st_size if part.exists() else 0
+    if size is not None and offset > size:
+        part.unlink()
+        offset = 0
+    if size is not None and offset == size:
+        return  # complete already; the hash decides
+    resp = _open(url, offset, timeout)
+    if resp is None:
+        return
+    with resp:
+        ctype = resp.headers.get("Content-Type", "") or ""
+        if offset and resp.status != 206:  # server ignored Range: start over
+            offset = 0
+        length = resp.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else size
+        if size is not None and total is not None and total != size:
+            if looks_like_html(b"", ctype):
+                raise DownloadError(url, "served an HTML page instead of the file (dead link or login page)")
+            raise DownloadError(url, f"wrong size: the server has {total} bytes, expected {size}")
+        on_start(offset, total)
+        _stream(url, resp, part, offset, total, ctype, on_bytes)
+
+
+def _stream(url: str, resp: Any, part: Path, offset: int, total: int | None, ctype: str,
+            on_bytes: Callable[[int], None]) -> None:
+    written = offset
+    try:
+        first = resp.read(CHUNK)
+        if looks_like_html(first if offset == 0 else b"", ctype):
+            raise DownloadError(url, "served an HTML page instead of the file (dead link or login page)")
+        with open(part, "ab" if offset else "wb") as fh:
+            block = first
+            while block:
+                fh.write(block)
+                written += len(block)
+                on_bytes(len(block))
+                block = resp.read(CHUNK)
+    except (http.client.HTTPException, OSError) as e:
+        raise DownloadError(url, f"connection lost after {written} bytes ({type(e).__name__})",
+                            network=True, resumable=written > 0) from None
+    if total is not None and written < total:
+        raise DownloadError(url, f"connection closed after {written} of {total} bytes", network=True,
+                            resumable=True)
+
+
+def download_file(urls: Iterable[str], dest: Path, *, size: int | None, sha256: str | None,
+                  console: Console | None = None, label: str | None = None, timeout: float = 30.0,
+                  retries: int = 3, retry_wait: float = 1.0) -> tuple[str, str]:
+    """Download `dest` from the first URL that yields the right bytes; return (sha256, url).
+
+    Writes `dest.part`, resumes it with Range requests after a dropped connection (up to `retries` times per
+    URL), checks size and sha256 (when known), then `os.replace`s it into place. A bad file is deleted and the
+    next mirror is tried. Ctrl-C keeps the .part for the next run. Raises `WeightsMissing` when every URL fails.
+    """
+    part = part_path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _check_free_space(dest, size)
+    failures: list[DownloadError] = []
+    for url in urls:
+        try:
+            got = _download_one(url, part, size=size, sha256=sha256, console=console,
+                                label=label or dest.name, timeout=timeout, retries=retries, retry_wait=retry_wait)
+        except DownloadError as e:
+            failures.append(e)
+            if console is not None:
+                console.print(f"[yellow]![/] {e.url}: {e.reason}", markup=True, highlight=False)
+            continue
+        os.replace(part, dest)
+        return got, url
+    raise _all_failed(label or dest.name, dest, failures)
+
+
+def _download_one(url: str, part: Path, *, size: int | None, sha256: str | None, console: Console | None,
+                  label: str, timeout: float, retries: int, retry_wait: float) -> str:
+    resumed_fresh = False
+    attempt = 0
+    while True:
+        started_at = part.stat().st_size if part.exists() else 0
+        try:
+            _fetch_with_progress(url, part, size=size, timeout=timeout, console=console, label=label)
+        except DownloadError as e:
+            if e.resumable and attempt < retries:
+                attempt += 1
+                time.sleep(retry_wait * attempt)
+                continue
+            if not e.resumable and not e.network and part.exists() and started_at == 0:
+                part.unlink()  # an HTML page or a wrong file: nothing worth resuming
+            raise
+        got = _check_part(url, part, size=size, sha256=sha256)
+        if got is not None:
+            return got
+        part.unlink()
+        if started_at > 0 and not resumed_fresh:  # the old .part may have been the bad bytes: once from scratch
+            resumed_fresh = True
+            continue
+        raise DownloadError(url, f"sha256 mismatch (expected {sha256}); the downloaded file was deleted")
+
+
+def _check_part(url: str, part: Path, *, size: int | None, sha256: str | None) -> str | None:
+    """sha256 of a complete .part, or None when it does not match; a wrong size raises."""
+    have = part.stat().st_size if part.exists() else 0
+    if size is not None and have != size:
+        part.unlink(missing_ok=True)
+        raise DownloadError(url, f"wrong size: got {have} bytes, expected {size}; the download was deleted")
+    with open(part, "rb") as fh:
+        head = fh.read(1024)
+    if looks_like_html(head):
+        part.unlink()
+        raise DownloadError(url, "served an HTML page instead of the file (dead link or login page)")
+    got = sha256_file(part)
+    return got if sha256 is None or got == sha256 else None
+
+
+def _fetch_with_progress(url: str, part: Path, *, size: int | None, timeout: float, console: Console | None,
+                         label: str) -> None:
+    if console is None:
+        fetch_to_part(url, part, size=size, timeout=timeout, on_start=lambda o, t: None, on_bytes=lambda n: None)
+        return
+    with _progress(console) as progress:
+        task = progress.add_task(label, total=size)
+
+        def start(offset: int, total: int | None) -> None:
+            progress.update(task, completed=offset, total=total)
+
+        try:
+            fetch_to_part(url, part, size=size, timeout=timeout, on_start=start,
+                          on_bytes=lambda n: progress.advance(task, n))
+        except KeyboardInterrupt:
+            progress.stop()
+            kept = part.stat().st_size if part.exists() else 0
+            console.print(f"Download paused: {human_size(kept)} kept in {part}; run the same command to resume.",
+                          markup=False, highlight=False)
+            raise
+
+
+def _check_free_space(dest: Path, size: int | None) -> None:
+    if size is None:
+        return
+    have = part_path(dest).stat().st_size if part_path(dest).exists() else 0
+    free = shutil.disk_usage(dest.parent).free
+    if free < size - have:
+        raise VqclipError(f"{dest.name} needs {human_size(size - have)} but only {human_size(free)} is free in "
+                          f"{dest.parent}; free some space or pass --weights-dir")
+
+
+def _all_failed(label: str, dest: Path, failures: list[DownloadError]) -> WeightsMissing:
+    first = failures[0].url if failures else "(no URL)"
+    if failures and all(f.network and not f.resumable for f in failures):
+        return WeightsMissing(f"cannot download {label}: no connection ({failures[0].reason}); run "
+                              f"`vqclip weights download {label}` when online, or save {first} as {dest}")
+    detail = "; ".join(f"{f.url}: {f.reason}" for f in failures)
+    kept = " (the partial file is kept; the same command resumes it)" if part_path(dest).exists() else ""
+    return WeightsMissing(f"could not download {label}: {detail}{kept}; run `vqclip weights download {label}` to "
+                          f"try again, or save a good copy as {dest} and run `vqclip weights verify {label}`")
+
+
+# -------------------------------------------------------------------------------------------- yaml files
+
+
+def validate_yaml(path: Path, source: str | None = None) -> None:
+    """A taming model yaml that vqclip can build: it parses and has `model.params.ddconfig`."""
+    import yaml
+
+    where = source or str(path)
+    try:
+        data = yaml.safe_load(path.read_text(errors="replace"))
+    except (OSError, yaml.YAMLError) as e:
+        raise VqclipError(f"{where} is not a readable yaml ({type(e).__name__}); "
+                          "is it an HTML page saved by mistake?") from None
+    params = data.get("model", {}).get("params", {}) if isinstance(data, dict) else {}
+    if not isinstance(params, dict) or not isinstance(params.get("ddconfig"), dict):
+        nested = isinstance(params, dict) and isinstance(params.get("first_stage_config"), dict)
+        hint = (" (it is a Net2NetTransformer config: copy its first_stage_config into model:)" if nested
+                else "")
+        raise VqclipError(f"{where} is not a taming VQGAN config: no model.params.ddconfig{hint}")
+
+
+def ensure_yaml(spec: WeightSpec, folder: Path, *, download: bool, timeout: float = 30.0) -> Path:
+    """The yaml of a registry model: the packaged copy, else `folder/NAME.yaml`, fetched and validated."""
+    shipped = packaged_yaml(spec.name)
+    if shipped is not None:
+        return shipped
+    dest = folder / f"{spec.name}.yaml"
+    if dest.is_file():
+        return dest
+    if not download or not spec.yaml_urls:
+        raise WeightsMissing(f"{dest} is missing; run `vqclip weights download {spec.name}`"
+                             + (f" (from {spec.yaml_urls[0]})" if spec.yaml_urls else ""))
+    failures: list[str] = []
+    for url in spec.yaml_urls:
+        part = part_path(dest)
+        try:
+            part.unlink(missing_ok=True)
+            fetch_to_part(url, part, size=None, timeout=timeout, on_start=lambda o, t: None,
+                          on_bytes=lambda n: None)
+            if looks_like_html(part.read_bytes()[:1024]):
+                raise DownloadError(url, "served an HTML page instead of the yaml")
+            validate_yaml(part, source=url)
+        except (DownloadError, VqclipError) as e:
+            part.unlink(missing_ok=True)
+            failures.append(str(e) if isinstance(e, DownloadError) else e.message)
+            continue
+        os.replace(part, dest)
+        return dest
+    raise WeightsMissing(f"could not get the yaml of {spec.name}: {'; '.join(failures)}; "
+                         f"save a taming config as {dest}")
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A VQGAN ready to load: its yaml and checkpoint on disk, and the checkpoint's sha256 when known."""
+
+    name: str
+    yaml_path: Path
+    ckpt_path: Path
+    sha256: str | None
+    source: str  # "registry" | "custom" | "path"
+
+
+def custom_models(folder: Path, registry: Mapping[str, WeightSpec] | None = None) -> dict[str, Path]:
+    """Custom `NAME.yaml` files in the weights folder (registry names excluded), by name."""
+    registry = WEIGHTS if registry is None else registry
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.yaml")) if p.stem not in registry and p.is_file()}
+
+
+def known_names(folder: Path, registry: Mapping[str, WeightSpec] | None = None) -> list[str]:
+    registry = WEIGHTS if registry is None else registry
+    return [*registry, *custom_models(folder, registry)]
+
+
+def expected_sha256(spec: WeightSpec, folder: Path) -> str | None:
+    """The registry's sha256, else the hash recorded when the file was first trusted (TOFU)."""
+    if spec.sha256:
+        return spec.sha256
+    entry = manifest_entry(folder, folder / f"{spec.name}.ckpt")
+    return entry.get("sha256") if entry and entry.get("status") == TOFU else None
+
+
+def check_installed(spec: WeightSpec, ckpt: Path, folder: Path, console: Console | None = None,
+                    force: bool = False) -> tuple[bool, str]:
+    """(good, sha256) for an installed registry checkpoint; hashes only when the manifest cannot vouch for it."""
+    expected = expected_sha256(spec, folder)
+    entry = None if force else fresh_entry(folder, ckpt)
+    if entry and entry.get("sha256") and (expected is None or entry["sha256"] == expected):
+        return True, str(entry["sha256"])
+    if spec.size is not None and ckpt.stat().st_size != spec.size:
+        return False, ""
+    got = sha256_file(ckpt, console, spec.name)
+    if expected is not None and got != expected:
+        return False, got
+    record_file(folder, ckpt, got, VERIFIED if spec.sha256 else TOFU)
+    return True, got
+
+
+def install_registry_model(spec: WeightSpec, folder: Path, *, download: bool = True,
+                           console: Console | None = None, timeout: float = 30.0, retries: int = 3,
+                           retry_wait: float = 1.0) -> ModelFiles:
+    """Make sure `spec`'s checkpoint is in `folder` and good: reuse, re-download a corrupt one, or fetch it."""
+    ckpt = folder / f"{spec.name}.ckpt"
+    yaml_path = ensure_yaml(spec, folder, download=download, timeout=timeout)
+    if ckpt.is_file():
+        good, got = check_installed(spec, ckpt, folder, console)
+        if good:
+            return ModelFiles(spec.name, yaml_path, ckpt, got, "registry")
+        if not download:
+            raise WeightsMissing(f"{ckpt} is corrupt or not the expected file (sha256 mismatch); run "
+                                 f"`vqclip weights download {spec.name}` to replace it")
+        _say(console, f"{ckpt.name} is corrupt or not the expected file; downloading it again.")
+        ckpt.unlink()
+    elif not download:
+        raise WeightsMissing(f"{spec.name} is not downloaded (expected {ckpt}); run `vqclip weights download "
+                             f"{spec.name}` ({human_size(spec.display_size)} from {spec.url})")
+    expected = expected_sha256(spec, folder)
+    _say(console, f"Downloading {spec.name} ({human_size(spec.display_size)}; {spec.architecture}) into "
+                  f"{folder} — first use only.")
+    got, url = download_file(spec.urls, ckpt, size=spec.size, sha256=expected, console=console, label=spec.name,
+                             timeout=timeout, retries=retries, retry_wait=retry_wait)
+    status = VERIFIED if spec.sha256 else TOFU
+    record_file(folder, ckpt, got, status, url)
+    if status == TOFU and console is not None:
+        _say(console, f"{spec.name} has no published sha256; recorded {got[:16]}… and will insist on it "
+                      "from now on (trust on first use).")
+    return ModelFiles(spec.name, yaml_path, ckpt, got, "registry")
+
+
+def _say(console: Console | None, text: str) -> None:
+    if console is not None:
+        console.print(text, markup=False, highlight=False)
+
+
+def _custom_files(name: str, yaml_path: Path, folder: Path, console: Console | None) -> ModelFiles:
+    ckpt = yaml_path.with_suffix(".ckpt")
+    if not ckpt.is_file():
+        raise WeightsMissing(f"custom model {name}: {yaml_path.name} has no checkpoint beside it; "
+                             f"expected {ckpt}")
+    return ModelFiles(name, yaml_path, ckpt, _custom_sha(ckpt, folder, console), "custom")
+
+
+def _custom_sha(ckpt: Path, folder: Path, console: Console | None) -> str:
+    entry = fresh_entry(folder, ckpt)
+    if entry and entry.get("sha256"):
+        return str(entry["sha256"])
+    got = sha256_file(ckpt, console)
+    record_file(folder, ckpt, got, CUSTOM)
+    return got
+
+
+def _is_path_like(text: str) -> bool:
+    return any(sep in text for sep in ("/", "\\")) or text.endswith((".yaml", ".yml", ".ckpt"))
+
+
+def _path_files(text: str, folder: Path, console: Console | None) -> ModelFiles:
+    given = Path(text).expanduser()
+    if given.suffix == ".ckpt":
+        ckpt, yaml_path = given, given.with_suffix(".yaml")
+        if not ckpt.is_file():
+            raise WeightsMissing(f"checkpoint {ckpt} not found; pass an existing .ckpt or .yaml, or a name from "
+                                 "`vqclip weights list`")
+        if not yaml_path.is_file():
+            raise WeightsMissing(f"{ckpt.name} has no model config beside it; expected {yaml_path}")
+    else:
+        yaml_path, ckpt = given, given.with_suffix(".ckpt")
+        if not yaml_path.is_file():
+            raise WeightsMissing(f"model config {yaml_path} not found; pass an existing .yaml, or a name from "
+                                 "`vqclip weights list`")
+        if not ckpt.is_file():
+            raise WeightsMissing(f"{yaml_path.name} has no checkpoint beside it; expected {ckpt}")
+    entry = fresh_entry(folder, ckpt)
+    sha = str(entry["sha256"]) if entry and entry.get("sha256") else None
+    return ModelFiles(ckpt.stem, yaml_path, ckpt, sha, "path")
+
+
+def resolve_model(name_or_path: str, *, weights_dir: str | Path | None = None, download: bool = True,
+                  console: Console | None = None, registry: Mapping[str, WeightSpec] | None = None,
+                  timeout: float = 30.0) -> ModelFiles:
+    """Registry name, custom name (NAME.yaml + NAME.ckpt in the weights folder) or a .yaml/.ckpt path → files.
+
+    A registry model that is missing is downloaded (with a line saying what and how big) unless
+    `download=False`, which raises `WeightsMissing` naming the file, the command and the URL.
+    """
+    folder = _weights_folder(weights_dir)
+    registry = WEIGHTS if registry is None else registry
+    text = name_or_path.strip()
+    if console is None and download:
+        from rich.console import Console
+
+        console = Console(stderr=True, highlight=False)
+    if text in registry:
+        return install_registry_model(registry[text], folder, download=download, console=console,
+                                      timeout=timeout)
+    customs = custom_models(folder, registry)
+    if text in customs:
+        return _custom_files(text, customs[text], folder, console)
+    if _is_path_like(text) or Path(text).expanduser().is_file():
+        return _path_files(text, folder, console)
+    names = ", ".join(known_names(folder, registry))
+    raise VqclipError(f"unknown model {text!r}; known: {names} (or a path to a taming .yaml with its .ckpt "
+                      "beside it; see `vqclip weights list`)")
+
+
+# ----------------------------------------------------------------------------------------- status (list)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """What `vqclip weights list` shows for one model; computed without hashing anything."""
+
+    name: str
+    kind: str  # "registry" | "custom"
+    description: str
+    size: int | None
+    installed: bool
+    status: str  # verified | trusted-on-first-use | custom | unverified | partial | missing | no checkpoint
+    ckpt_path: Path
+    yaml_path: Path | None
+    sha256: str | None
+    partial_bytes: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "description": self.description, "size": self.size,
+                "installed": self.installed, "status": self.status, "path": str(self.ckpt_path),
+                "yaml": str(self.yaml_path) if self.yaml_path else None, "sha256": self.sha256,
+                "partial_bytes": self.partial_bytes}
+
+
+def registry_status(spec: WeightSpec, folder: Path) -> ModelStatus:
+    ckpt = folder / f"{spec.name}.ckpt"
+    part = part_path(ckpt)
+    yaml_path = packaged_yaml(spec.name) or folder / f"{spec.name}.yaml"
+    if ckpt.is_file():
+        entry = fresh_entry(folder, ckpt)
+        good = entry and (expected_sha256(spec, folder) in (None, entry.get("sha256")))
+        status = str(entry["status"]) if good and entry else "unverified"
+        sha = str(entry["sha256"]) if good and entry else spec.sha256
+        return ModelStatus(spec.name, "registry", spec.description, ckpt.stat().st_size, True, status, ckpt,
+                           yaml_path, sha)
+    partial = part.stat().st_size if part.is_file() else 0
+    return ModelStatus(spec.name, "registry", spec.description, spec.display_size, False,
+                       "partial" if partial else "missing", ckpt, yaml_path, spec.sha256, partial)
+
+
+def custom_status(name: str, yaml_path: Path, folder: Path) -> ModelStatus:
+    ckpt = yaml_path.with_suffix(".ckpt")
+    if not ckpt.is_file():
+        return ModelStatus(name, "custom", "custom model (your own .yaml)", None, False, "no checkpoint", ckpt,
+                           yaml_path, None)
+    entry = fresh_entry(folder, ckpt)
+    return ModelStatus(name, "custom", "custom model (your own .yaml + .ckpt)", ckpt.stat().st_size, True,
+                       CUSTOM, ckpt, yaml_path, str(entry["sha256"]) if entry else None)
+
+
+def all_status(folder: Path, registry: Mapping[str, WeightSpec] | None = None) -> list[ModelStatus]:
+    registry = WEIGHTS if registry is None else registry
+    rows = [registry_status(spec, folder) for spec in registry.values()]
+    rows += [custom_status(name, path, folder) for name, path in custom_models(folder, registry).items()]
+    return rows
+
+
+# ------------------------------------------------------------------------------------ verify and remove
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+def verify_model(name: str, folder: Path, console: Console | None = None,
+                 registry: Mapping[str, WeightSpec] | None = None) -> VerifyResult:
+    """Re-hash one installed model against the registry (or its recorded hash) and record the result."""
+    registry = WEIGHTS if registry is None else registry
+    if name in registry:
+        spec = registry[name]
+        ckpt = folder / f"{name}.ckpt"
+        if not ckpt.is_file():
+            return VerifyResult(name, False, f"not downloaded; run `vqclip weights download {name}`")
+        good, got = check_installed(spec, ckpt, folder, console, force=True)
+        if not good:
+            why = f"size {ckpt.stat().st_size} ≠ {spec.size}" if not got else f"sha256 {got[:16]}… is wrong"
+            return VerifyResult(name, False, f"{why}; run `vqclip weights download {name}` to replace it")
+        how = "matches the registry sha256" if spec.sha256 else "matches the hash recorded on first use"
+        return VerifyResult(name, True, f"{how} ({got[:16]}…)")
+    customs = custom_models(folder, registry)
+    if name in customs:
+        ckpt = customs[name].with_suffix(".ckpt")
+        if not ckpt.is_file():
+            return VerifyResult(name, False, f"no checkpoint; expected {ckpt}")
+        got = sha256_file(ckpt, console)
+        record_file(folder, ckpt, got, CUSTOM)
+        return VerifyResult(name, True, f"custom; sha256 {got[:16]}… recorded")
+    raise VqclipError(f"unknown model {name!r}; known: {', '.join(known_names(folder, registry))}")
+
+
+def remove_model(name: str, folder: Path, registry: Mapping[str, WeightSpec] | None = None) -> list[Path]:
+    """Delete a model's checkpoint, partial download, safetensors cache and manifest record (and a custom yaml)."""
+    registry = WEIGHTS if registry is None else registry
+    customs = custom_models(folder, registry)
+    if name not in registry and name not in customs:
+        raise VqclipError(f"unknown model {name!r}; known: {', '.join(known_names(folder, registry))}")
+    ckpt = folder / f"{name}.ckpt"
+    targets = [ckpt, part_path(ckpt), ckpt.with_suffix(".safetensors")]
+    if name in customs:
+        targets.append(customs[name])
+    removed = [p for p in targets if p.is_file()]
+    if not removed and manifest_entry(folder, ckpt) is None:
+        raise VqclipError(f"{name} is not installed in {folder}; nothing to remove")
+    for path in removed:
+        path.unlink()
+    forget_file(folder, ckpt)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------------- CLIP
+
+
+@dataclass(frozen=True)
+class ClipWeights:
+    """open_clip weights found in the Hugging Face hub cache."""
+
+    name: str  # clip:MODEL/TAG (several names can share one repo)
+    repo: str
+    path: Path
+    size: int
+
+
+def parse_clip_name(text: str) -> tuple[str, str]:
+    """`clip:ViT-B-32/openai` → ("ViT-B-32", "openai"); the tag defaults to openai."""
+    body = text.split(":", 1)[1] if text.startswith("clip:") else text
+    model, _, tag = body.partition("/")
+    if not model:
+        raise VqclipError(f"{text!r}: write CLIP weights as clip:MODEL/TAG, e.g. clip:ViT-B-32/openai")
+    return model, tag or "openai"
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache folder, read from the environment at call time (tests redirect it)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _cached_repos(cache: Path) -> dict[str, tuple[Path, int]]:
+    found: dict[str, tuple[Path, int]] = {}
+    for repo_dir in sorted(cache.glob("models--*")):
+        weights = [p for p in repo_dir.glob("snapshots/*/*")
+                   if p.suffix in (".bin", ".safetensors", ".pt", ".pth") and p.exists()]
+        if weights:
+            repo = repo_dir.name.removeprefix("models--").replace("--", "/")
+            found[repo] = (weights[0], sum(p.stat().st_size for p in weights))
+    return found
+
+
+def cached_clip_weights() -> list[ClipWeights]:
+    """open_clip pretrained weights present in the HF cache (imports open_clip only when the cache has models)."""
+    repos = _cached_repos(hf_hub_cache())
+    if not repos:
+        return []
+    import open_clip
+
+    out = []
+    for model, tag in open_clip.list_pretrained():
+        hub = open_clip.get_pretrained_cfg(model, tag).get("hf_hub", "")
+        repo = "/".join(hub.strip("/").split("/")[:2])
+        if repo in repos:
+            path, size = repos[repo]
+            out.append(ClipWeights(f"clip:{model}/{tag}", repo, path, size))
+    return out
+
+
+def download_clip(text: str) -> Path:
+    """Fetch open_clip weights into the HF hub cache (what `vqclip generate` will load); return the file."""
+    import open_clip
+
+    model, tag = parse_clip_name(text)
+    if model not in open_clip.list_models():
+        raise VqclipError(f"unknown CLIP model {model!r}; see open_clip.list_models() (e.g. clip:ViT-B-32/openai)")
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
+        raise VqclipError(f"CLIP model {model} has no pretrained tag {tag!r}; known tags: {tags}")
+    try:
+        path = open_clip.pretrained.download_pretrained(cfg)
+    except Exception as e:  # hub/urllib raise many kinds; all mean "not available now"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise WeightsMissing(f"cannot fetch CLIP weights {model}/{tag} ({first}); run `vqclip weights download "
+                             f"clip:{model}/{tag}` when online") from None
+    if not path:
+        raise WeightsMissing(f"CLIP weights {model}/{tag} have no download source in open_clip")
+    return Path(path)
