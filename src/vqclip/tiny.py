@@ -7,6 +7,8 @@ Lightning-style `.ckpt` (VQModel or GumbelVQ layout), and a tiny open_clip model
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 import types
@@ -67,9 +69,11 @@ def make_tiny_vqgan(folder: str | Path, name: str = "tiny", gumbel: bool = False
     torch.manual_seed(seed)
     dd = dict(TINY_DDCONFIG)
     embed_dim = 16
+    with contextlib.redirect_stdout(io.StringIO()):  # taming prints the z shape
+        encoder, decoder = Encoder(**dd), Decoder(**dd)
     modules = {
-        "encoder": Encoder(**dd),
-        "decoder": Decoder(**dd),
+        "encoder": encoder,
+        "decoder": decoder,
         "quant_conv": torch.nn.Conv2d(dd["z_channels"], embed_dim, 1),
         "post_quant_conv": torch.nn.Conv2d(embed_dim, dd["z_channels"], 1),
     }
@@ -120,7 +124,10 @@ def make_tiny_clip(folder: str | Path, name: str = "tiny-clip", seed: int = 0) -
     cfg_path.write_text(json.dumps(TINY_CLIP_CONFIG, indent=2))
     open_clip.add_model_config(cfg_path)
     torch.manual_seed(seed)
-    model = open_clip.create_model(name, pretrained=None)
+    from vqclip.engine.clip import quiet_logs
+
+    with quiet_logs():
+        model = open_clip.create_model(name, pretrained=None)
     ckpt_path = folder / f"{name}.pt"
     torch.save({"state_dict": model.state_dict()}, ckpt_path)
     return cfg_path, ckpt_path

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -40,6 +42,18 @@ class ClipModel:
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """`x`: [N, 3, S, S] already normalised. Gradient flows back to the pixels."""
         return self.model.encode_image(x).float()
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """open_clip logs a root-logger WARNING for random weights; that is expected here, not news."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def resolve_clip_name(name_or_path: str) -> str:
@@ -87,7 +101,8 @@ def load_clip(name_or_path: str, pretrained: str | None, device: torch.device | 
     name = resolve_clip_name(name_or_path)
     arg = _pretrained_arg(name, pretrained)
     try:
-        model = open_clip.create_model(name, pretrained=arg, device=device)
+        with quiet_logs():
+            model = open_clip.create_model(name, pretrained=arg, device=device)
     except (OSError, ConnectionError, RuntimeError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         if arg is not None and not Path(arg).is_file():

@@ -1,0 +1,305 @@
+"""One run, end to end: config → weights → models → engine session → run folder.
+
+This is the glue between the pure engine and the CLI: it resolves files, loads images, drives the session and
+records everything in a run folder (written under a temporary name, renamed at the end). It prints nothing
+itself: notes and progress go to a `Reporter` supplied by the caller (the CLI's Rich one, or a silent one).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import secrets
+import shutil
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from vqclip import __version__
+from vqclip.config import RunConfig
+from vqclip.errors import VqclipError
+from vqclip.runs import DETAILS, IMAGE, STATE, VIDEO, RunFolder, now_iso, temp_path
+
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+
+
+class Reporter:
+    """Silent by default; the CLI subclasses it with Rich output."""
+
+    def note(self, message: str) -> None:  # one-line notices (size floored, downloads, …)
+        pass
+
+    def start(self, total: int, run_id: str) -> None:
+        pass
+
+    def step(self, info: Any) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+@dataclass
+class RunRequest:
+    config: RunConfig
+    output_dir: Path = Path("output")
+    weights_dir: Path | None = None
+    download: bool = True
+    trusted: list[Path] = field(default_factory=list)
+    should_stop: Callable[[], bool] | None = None
+    # chaining (vqclip continue / --then): set by the caller
+    parent: str | None = None
+    root: str | None = None
+    stage: int = 1
+    state: dict[str, Any] | None = None  # a saved engine state to continue from
+    start_image: Any = None  # a PIL image to encode as the start (continuing from a PNG, or stretch)
+    extra_details: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    id: str
+    path: Path
+    status: str
+    steps_done: int
+    global_step: int
+    details: dict[str, Any]
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    try:
+        import open_clip
+
+        oc = getattr(open_clip, "__version__", "unknown")
+    except ImportError:  # pragma: no cover
+        oc = "missing"
+    return {"vqclip": __version__, "torch": torch.__version__, "open_clip": oc,
+            "python": platform.python_version()}
+
+
+def open_image(ref: str, what: str) -> tuple[Any, bytes, str]:
+    """Read an image file (or http(s) URL) fully; any problem is one line naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if ref.startswith(("http://", "https://")):
+            with urllib.request.urlopen(ref, timeout=30) as resp:  # noqa: S310 (user-given URL)
+                data = resp.read(MAX_IMAGE_BYTES + 1)
+        else:
+            path = Path(ref).expanduser()
+            if not path.is_file():
+                raise VqclipError(f"{what} {ref} not found; check the path")
+            data = path.read_bytes()
+        if len(data) > MAX_IMAGE_BYTES:
+            raise VqclipError(f"{what} {ref} is larger than 64 MiB; use a smaller image")
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        img = img.convert("RGB")
+    except VqclipError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else str(e)[:120]
+        raise VqclipError(f"cannot read {what} {ref} ({reason}); give a PNG, JPEG or WebP file") from None
+    suffix = Path(ref.split("?")[0]).suffix.lower()
+    return img, data, suffix if suffix in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff") else ".png"
+
+
+def png_bytes(image: Any, text: dict[str, str]) -> bytes:
+    """Encode the final image as PNG with text chunks carrying the prompt and parameters."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from vqclip.video import to_uint8
+
+    info = PngInfo()
+    for k, v in text.items():
+        info.add_itxt(k, v)
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def image_parameters(config: RunConfig, seed: int, global_step: int, size: tuple[int, int]) -> dict[str, str]:
+    """PNG text chunks. They describe the *image* (total steps, resolved size), not the run, so an image reached
+    by a chain of runs carries the same bytes as one reached by a single run with the same settings."""
+    params = config.model_dump(mode="json")
+    params.update({"seed": seed, "steps": global_step, "width": size[0], "height": size[1]})
+    for k in ("save_every", "fps", "device", "compile", "low_memory"):
+        params.pop(k, None)
+    return {"prompt": config.prompt, "parameters": json.dumps(params, sort_keys=True),
+            "Software": f"vqclip {__version__}"}
+
+
+def resolve_precision(config: RunConfig, device: Any) -> Any:
+    """The autocast dtype for this device (None = fp32)."""
+    import torch
+
+    if config.precision == "fp32":
+        return None
+    if config.precision == "bf16":
+        return torch.bfloat16
+    if config.precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":  # auto
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def _is_trusted(ckpt: Path, trusted: list[Path]) -> bool:
+    try:
+        target = ckpt.resolve()
+        return any(Path(t).expanduser().resolve() == target for t in trusted)
+    except OSError:
+        return False
+
+
+def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
+    """Do one run and leave a complete run folder (finished, interrupted or failed), or nothing at all."""
+    import torch
+
+    from vqclip import engine
+    from vqclip.prompts import floor_size
+    from vqclip.video import VideoWriter
+    from vqclip.weights import resolve_model
+
+    rep = reporter or Reporter()
+    cfg = req.config
+    t_start = time.perf_counter()
+    seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
+
+    # Inputs first: a bad image should fail in a second, not after loading a gigabyte.
+    init = open_image(cfg.init_image, "init image") if cfg.init_image and req.state is None \
+        and req.start_image is None else None
+    image_prompts = [(open_image(spec.path, "image prompt"), spec) for spec in cfg.image_prompt_specs]
+
+    files = resolve_model(cfg.model, weights_dir=req.weights_dir, download=req.download,
+                          console=getattr(rep, "console", None))
+    spec = engine.read_spec(files.yaml_path)
+    width, height = floor_size(cfg.width, cfg.height, spec.factor)
+    if (width, height) != (cfg.width, cfg.height):
+        rep.note(f"size {cfg.width}x{cfg.height} floored to {width}x{height} "
+                 f"(a multiple of {spec.factor}, this model's downsampling factor)")
+    device = engine.pick_device(cfg.device)
+    settings = engine.LoopSettings(
+        width=width, height=height, seed=seed, cutn=cfg.cutn, cut_pow=cfg.cut_pow, augment=cfg.augment,
+        noise_fac=cfg.noise_fac, optimizer=cfg.optimizer, lr=cfg.lr, init_weight=cfg.init_weight,
+        init_weight_decay=cfg.init_weight_decay, init_weight_decay_every=cfg.init_weight_decay_every,
+        tv_weight=cfg.tv_weight, save_every=cfg.save_every, autocast_dtype=resolve_precision(cfg, device),
+        low_memory=bool(cfg.low_memory))
+    start_image = req.start_image if req.start_image is not None else (init[0] if init else None)
+    t_load = time.perf_counter()
+    models = engine.load_models(files.yaml_path, files.ckpt_path, cfg.clip_model, cfg.clip_pretrained, device,
+                                with_encoder=start_image is not None,
+                                trust=_is_trusted(files.ckpt_path, req.trusted))
+    prompts = engine.build_prompts(models, settings, cfg.text_prompts,
+                                   [(img, spec_) for (img, _, _), spec_ in image_prompts], cfg.noise_prompt_specs)
+    load_s = time.perf_counter() - t_load
+
+    folder = RunFolder(req.output_dir, req.run_id).create()
+    session = None
+    video = VideoWriter(folder.file(VIDEO), cfg.fps)
+    result = None
+    error: str | None = None
+    try:
+        input_files: dict[str, Any] = {"init_image": None, "image_prompts": []}
+        if init is not None:
+            name = f"init{init[2]}"
+            folder.file(name).write_bytes(init[1])
+            input_files["init_image"] = name
+        for i, ((_, data, suffix), _) in enumerate(image_prompts):
+            name = f"image_prompt_{i}{suffix}"
+            folder.file(name).write_bytes(data)
+            input_files["image_prompts"].append(name)
+
+        session = engine.start_session(models, settings, prompts, init_image=start_image, state=req.state)
+        last_frame_step = [-1]
+
+        def on_step(info: Any) -> None:
+            if info.frame is not None:
+                video.append(info.frame)
+                last_frame_step[0] = info.frame_step
+            rep.step(info)
+
+        rep.start(cfg.steps, folder.id)
+        t_run = time.perf_counter()
+        try:
+            result = session.run(cfg.steps, on_step, req.should_stop)
+        finally:
+            rep.end()
+        run_s = time.perf_counter() - t_run
+        if last_frame_step[0] != result.global_step:
+            video.append(result.image)
+        status = "interrupted" if result.stopped else "finished"
+    except torch.cuda.OutOfMemoryError:
+        folder.discard()
+        video.close()
+        raise VqclipError(
+            f"the GPU ran out of memory at {width}x{height} with cutn {cfg.cutn}; lower --size or --cutn, "
+            "or pass --low-memory") from None
+    except BaseException:
+        video.close()
+        folder.discard()
+        raise
+
+    video_path = video.close()
+    if video.error:
+        rep.note(f"no progress video ({video.error})")
+    image = result.image
+    folder.file(IMAGE).write_bytes(png_bytes(image, image_parameters(cfg, seed, result.global_step,
+                                                                     (width, height))))
+    state_tmp = temp_path(folder.file(STATE))
+    torch.save(session.state_dict(), state_tmp)
+    state_tmp.replace(folder.file(STATE))
+    steps_timed = result.step_seconds[1:] or result.step_seconds
+    details = {
+        "schema": 1,
+        "id": folder.id,
+        "created": req.extra_details.pop("created", None) or now_iso(),
+        "finished": now_iso(),
+        "status": status,
+        "error": error,
+        "prompt": cfg.prompt,
+        "config": cfg.model_dump(mode="json"),
+        "seed": seed,
+        "size": [width, height],
+        "steps_done": result.steps_done,
+        "steps_planned": cfg.steps,
+        "global_step": result.global_step,
+        "losses": [round(x, 6) for x in result.losses],
+        "timings": {
+            "load_s": round(load_s, 3),
+            "run_s": round(run_s, 3),
+            "total_s": round(time.perf_counter() - t_start, 3),
+            "per_step_s": round(sorted(steps_timed)[len(steps_timed) // 2], 4) if steps_timed else None,
+        },
+        "device": str(device),
+        "precision": str(settings.autocast_dtype).replace("torch.", "") if settings.autocast_dtype else "fp32",
+        "versions": versions(),
+        "weights": {"name": files.name, "sha256": files.sha256, "source": files.source,
+                    "path": str(files.ckpt_path)},
+        "clip": {"model": models.clip.name, "pretrained": cfg.clip_pretrained},
+        "parent": req.parent,
+        "root": req.root or folder.id,
+        "stage": req.stage,
+        "files": {"image": IMAGE, "video": VIDEO if video_path else None, "state": STATE, **input_files},
+    }
+    details.update(req.extra_details)
+    folder.write_details(details)
+    path = folder.commit()
+    return RunOutcome(folder.id, path, status, result.steps_done, result.global_step, details)
+
+
+def copy_tree_file(src: Path, dst: Path) -> None:
+    tmp = temp_path(dst)
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+__all__ = ["Reporter", "RunRequest", "RunOutcome", "execute", "open_image", "png_bytes", "image_parameters",
+           "versions", "DETAILS"]
