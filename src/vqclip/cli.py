@@ -14,6 +14,7 @@ import typer
 from vqclip import __version__
 from vqclip import cli_options as O
 from vqclip.cli_common import CONTEXT, err_console, handle_errors, out_console
+from vqclip.cli_continue import continue_run
 from vqclip.cli_gallery import app as gallery_app
 from vqclip.cli_runs import app as runs_app
 from vqclip.cli_weights import app as weights_app
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 app.add_typer(weights_app, name="weights", help="List, download, verify and remove VQGAN weights.")
 app.add_typer(runs_app, name="runs", help="List and inspect run folders.")
+app.command("continue", context_settings=CONTEXT)(continue_run)
 app.add_typer(gallery_app, name="gallery", help="Build a static, offline HTML gallery of runs.")
 
 
@@ -88,12 +90,23 @@ def generate(
     no_download: bool = O.NO_DOWNLOAD,
     trust_checkpoint: Optional[List[Path]] = O.TRUST,
     quiet: bool = O.QUIET,
+    then: Optional[List[str]] = typer.Option(
+        None, "--then", metavar="PROMPT",
+        help="Continue with this prompt as a further stage (repeatable); each stage is its own run folder."),
+    stage_steps: Optional[int] = typer.Option(
+        None, "--stage-steps", help="Steps per --then stage (default: the same as --steps)."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the estimated peak memory for this size/cutn/model and exit."),
 ) -> None:
     """Make an image from weighted prompts and save it as a new run folder.
 
     Example:
 
         vqclip generate "A sunny countryside with a Collie:100 | wild flowers:30 | roses:-30" --size 480x480 --steps 300
+
+    Stages in one command (one chained run folder per stage, plus a combined video):
+
+        vqclip generate "Backyard in spring" --then "Backyard in summer" --then "Backyard in autumn" --stage-steps 100
     """
     from vqclip.config import build_config
     from vqclip.cli_progress import RichReporter, StopOnInterrupt
@@ -106,6 +119,19 @@ def generate(
         init_weight=init_weight, init_weight_decay=init_weight_decay,
         init_weight_decay_every=init_weight_decay_every, tv_weight=tv_weight, save_every=save_every, fps=fps,
         device=device, precision=precision, low_memory=low_memory, compile=compile))
+    if dry_run:
+        from vqclip.memory import dry_run as print_estimate
+
+        print_estimate(cfg, weights_dir=weights_dir, console=out_console)
+        return
+    if then:
+        from vqclip.chain import run_stages
+
+        code = run_stages(cfg, then, stage_steps, output_dir=output_dir, weights_dir=weights_dir,
+                          download=not no_download, trusted=list(trust_checkpoint or []), quiet=quiet)
+        if code:
+            raise typer.Exit(code)
+        return
     with StopOnInterrupt() as stop:
         outcome = execute(RunRequest(config=cfg, output_dir=output_dir, weights_dir=weights_dir,
                                      download=not no_download, trusted=list(trust_checkpoint or []),
