@@ -1,0 +1,239 @@
+"""Build `index.html`: scan run folders (cached), make missing thumbnails, render one self-contained page.
+
+Why one file with inline CSS/JS (read from the package's static/ folder at build time): it opens from
+`file://` with no server and no network, survives being moved or zipped with its output folder, and lets a
+Content-Security-Policy allow exactly our script by hash, so no text taken from a run can ever execute. The
+run index travels as JSON in a `<script type="application/json">` element and is rendered with `textContent`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from vqclip import __version__
+from vqclip.errors import VqclipError
+from vqclip.gallery.cache import load_cache, save_cache, signature
+from vqclip.gallery.model import KNOWN_STATUSES, card_from_run, input_images, lineage_strips
+from vqclip.gallery.thumbs import THUMB_EXT, ThumbJob, make_thumbnails
+from vqclip.runs import DETAILS, IMAGE, VIDEO, BadRun, RunInfo, atomic_write_bytes, read_details, run_folders
+
+GALLERY_DIR = ".gallery"
+
+# Reasons a folder is left out (skipped) or shown with a placeholder (warning); counted in the summary.
+NO_DETAILS = "no details.json"
+BAD_DETAILS = "corrupt details.json"
+UNREADABLE = "unreadable folder"
+NO_IMAGE = "no output.png"
+BAD_IMAGE = "unreadable output.png"
+
+
+@dataclass
+class BuildReport:
+    """What a build did, for the CLI summary and for tests."""
+
+    index: Path
+    runs: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    warnings: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)  # reason → first folder it happened to
+    details_read: int = 0
+    details_cached: int = 0
+    thumbs_made: int = 0
+    thumbs_reused: int = 0
+    thumbs_removed: int = 0
+    seconds: float = 0.0
+
+
+def build_gallery(output_dir: str | Path, out: str | Path | None = None, kiosk: bool = False) -> BuildReport:
+    """Write the gallery page for every run in `output_dir` and return what happened."""
+    start = time.perf_counter()
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        what = "is not a folder" if output_dir.exists() else "does not exist"
+        raise VqclipError(f"output folder {output_dir} {what}; run `vqclip generate` first or pass --output-dir")
+    index = Path(out) if out else output_dir / "index.html"
+    if index.is_dir():
+        index = index / "index.html"
+    thumbs_dir = output_dir / GALLERY_DIR / "thumbs"
+    try:
+        thumbs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VqclipError(f"cannot create {thumbs_dir} ({e.strerror}); pass --output-dir to a writable folder") \
+            from None
+    report = BuildReport(index=index)
+    cache_path = output_dir / GALLERY_DIR / "cache.json"
+    cards, cache = _scan(output_dir, thumbs_dir, load_cache(cache_path), report)
+    strips = lineage_strips(cards)
+    for card in cards:
+        card["chain"] = strips.get(card["id"])
+    html = render_page(cards, base=_base_url(output_dir, index.parent), kiosk=kiosk)
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(index, html.encode("utf-8"))
+    except OSError as e:
+        raise VqclipError(f"cannot write {index} ({e.strerror}); pass --out to a writable path") from None
+    try:
+        save_cache(cache_path, cache)
+    except OSError:
+        pass  # the page is written; a missing cache only makes the next build slower
+    report.runs = len(cards)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _scan(output_dir: Path, thumbs_dir: Path, old: dict[str, dict[str, Any]],
+          report: BuildReport) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Cards newest first and the new cache. One `scandir` per run folder gives every file fact needed."""
+    present = {n for n in os.listdir(thumbs_dir) if n.endswith(THUMB_EXT)}
+    cards: list[dict[str, Any]] = []
+    cache: dict[str, dict[str, Any]] = {}
+    jobs: list[ThumbJob] = []
+    views: dict[str, dict[str, Any]] = {}
+
+    def skip(reason: str, folder: Path) -> None:
+        report.skipped[reason] += 1
+        report.examples.setdefault(reason, str(folder))
+
+    for folder in run_folders(output_dir):
+        run_id = folder.name
+        try:
+            entries = {e.name: e for e in os.scandir(folder)}
+            det = entries.get(DETAILS)
+            dstat = det.stat() if det is not None and det.is_file() else None
+        except OSError:
+            skip(UNREADABLE, folder)
+            continue
+        if dstat is None:
+            skip(NO_DETAILS, folder)
+            continue
+        prev = old.get(run_id, {})
+        dsig = signature(dstat)
+        if prev.get("dsig") == dsig:
+            card = prev["card"]
+            report.details_cached += 1
+        else:
+            try:
+                card = card_from_run(RunInfo(folder, read_details(folder)))
+            except BadRun:
+                skip(BAD_DETAILS, folder)
+                continue
+            report.details_read += 1
+        entry: dict[str, Any] = {"dsig": dsig, "card": card}
+        view = {k: v for k, v in card.items() if k != "declared"}
+        view["id"] = run_id
+        view["video"] = VIDEO in entries
+        view["inputs"] = input_images(card.get("declared") or [], set(entries))
+        view["image"] = False
+        view["thumb"] = None
+        img = entries.get(IMAGE)
+        try:
+            istat = img.stat() if img is not None and img.is_file() else None
+        except OSError:
+            istat = None
+        if istat is None:
+            report.warnings[NO_IMAGE] += 1
+            report.examples.setdefault(NO_IMAGE, str(folder))
+        else:
+            view["image"] = True
+            isig = signature(istat)
+            thumb_name = run_id + THUMB_EXT
+            if prev.get("isig") == isig and prev.get("thumb") and thumb_name in present:
+                entry["isig"], entry["thumb"] = isig, prev["thumb"]
+                view["thumb"] = prev["thumb"]
+                report.thumbs_reused += 1
+            else:
+                entry["isig"] = isig
+                jobs.append(ThumbJob(run_id, folder / IMAGE, thumbs_dir / thumb_name))
+        cache[run_id] = entry
+        views[run_id] = view
+        cards.append(view)
+
+    for run_id, (size, _err) in make_thumbnails(jobs).items():
+        if size is None:
+            del cache[run_id]["isig"]  # retried next build, in case the image is fixed
+            report.warnings[BAD_IMAGE] += 1
+            report.examples.setdefault(BAD_IMAGE, str(output_dir / run_id / IMAGE))
+        else:
+            cache[run_id]["thumb"] = views[run_id]["thumb"] = list(size)
+            report.thumbs_made += 1
+    for name in present:  # thumbnails of deleted (or now unreadable) runs
+        if "thumb" not in cache.get(name[: -len(THUMB_EXT)], {}):
+            try:
+                (thumbs_dir / name).unlink()
+                report.thumbs_removed += 1
+            except OSError:
+                pass
+    return cards, cache
+
+
+def _base_url(output_dir: Path, page_dir: Path) -> str:
+    """The relative URL from the page to the output folder (`""` when the page lives in it)."""
+    try:
+        rel = os.path.relpath(output_dir.resolve(), page_dir.resolve())
+    except ValueError:  # another drive on Windows: no relative path exists
+        return output_dir.resolve().as_uri() + "/"
+    if rel == ".":
+        return ""
+    return "/".join(quote(part) for part in Path(rel).parts) + "/"
+
+
+def script_json(obj: Any) -> str:
+    """JSON safe inside `<script type="application/json">`: no `<`, `>`, `&` (so no `</script>` or `<!--`),
+    ASCII only (lone surrogates and U+2028 cannot break the page's encoding)."""
+    text = json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+@lru_cache(maxsize=None)
+def _asset(name: str) -> str:
+    return (resources.files("vqclip.gallery") / "static" / name).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=1)
+def _template() -> Any:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    folder = Path(str(resources.files("vqclip.gallery") / "templates"))
+    env = Environment(loader=FileSystemLoader(folder), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("index.html.j2")
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
+
+
+def render_page(cards: list[dict[str, Any]], base: str = "", kiosk: bool = False) -> str:
+    """The whole page as a string. Run text enters only through the autoescaped template or `script_json`."""
+    from markupsafe import Markup
+
+    css, js = _asset("gallery.css"), _asset("gallery.js")
+    models = Counter(c["model"] for c in cards)
+    statuses = Counter(c["status"] for c in cards)
+    status_order = [s for s in KNOWN_STATUSES if s in statuses] + sorted(s for s in statuses
+                                                                         if s not in KNOWN_STATUSES)
+    return _template().render(
+        css=Markup(css),
+        js=Markup(js),
+        csp=f"script-src {_csp_hash(js)}; style-src {_csp_hash(css)}; object-src 'none'; base-uri 'none'; "
+            "form-action 'none'; connect-src 'none'",
+        data=Markup(script_json({"base": base, "kiosk": kiosk, "runs": cards})),
+        count=len(cards),
+        models=sorted(models.items(), key=lambda kv: (-kv[1], kv[0].lower())),
+        statuses=[(s, statuses[s]) for s in status_order],
+        kiosk=kiosk,
+        built=datetime.now().strftime("%Y-%m-%d %H:%M"),
+        version=__version__,
+    )

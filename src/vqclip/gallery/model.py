@@ -1,0 +1,187 @@
+"""The gallery's index model: one plain, JSON-ready card per run, coerced from an untrusted details.json.
+
+Why defensive: a run folder may hold a details.json written by an older/newer vqclip, edited by hand, or not
+ours at all. Every field is coerced to the type the page expects (or dropped), so one odd run can never crash
+the build or break the page. Run text only ever reaches the page as JSON data rendered with `textContent`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from typing import Any
+
+from vqclip.runs import RunInfo, is_run_id
+
+CARD_VERSION = 2  # bump when card fields or coercion change: cached cards are then rebuilt
+
+MAX_PROMPT = 4000  # a pasted novel should not make a 2,000-run page heavy
+MAX_LABEL = 120
+KNOWN_STATUSES = ("finished", "interrupted", "failed")
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# A file a card may link to: a plain name inside the run folder (no paths, no schemes, no hidden files).
+SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+_PROMPT_IMAGE = re.compile(r"^image_prompt_(\d{1,4})\.(png|jpe?g|webp)$", re.IGNORECASE)
+_INIT_IMAGE = re.compile(r"^init\.(png|jpe?g|webp)$", re.IGNORECASE)
+
+
+def as_text(value: Any, limit: int = MAX_LABEL) -> str:
+    """A display string: str only (numbers stringified), control chars and lone surrogates removed, capped."""
+    if isinstance(value, bool) or value is None:
+        return ""
+    if isinstance(value, (int, float)):
+        value = str(value)
+    if not isinstance(value, str):
+        return ""
+    # Lone surrogates (legal in JSON escapes) cannot be written as UTF-8; replace them rather than crash.
+    text = value.encode("utf-8", "replace").decode("utf-8")
+    text = _CONTROL.sub("", text).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def as_int(value: Any, lo: int | None = None, hi: int | None = None) -> int | None:
+    """An int from an int, an integral finite float, or a decimal string; None otherwise or out of range."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            return None
+        value = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,30}\s*", value):
+        value = int(value)
+    if not isinstance(value, int):
+        return None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        return None
+    return value
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _size(details: dict[str, Any], config: dict[str, Any]) -> tuple[int | None, int | None]:
+    size = details.get("size")
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        w, h = as_int(size[0], 1, 100_000), as_int(size[1], 1, 100_000)
+        if w and h:
+            return w, h
+    return as_int(config.get("width"), 1, 100_000), as_int(config.get("height"), 1, 100_000)
+
+
+def display_date(created: Any, run_id: str) -> tuple[str, str]:
+    """(`2026-11-25 10:15`, ISO) from `created`, else from the run id's timestamp; the run's own clock."""
+    if isinstance(created, str):
+        try:
+            when = datetime.fromisoformat(created.strip())
+            return when.strftime("%Y-%m-%d %H:%M"), when.isoformat(timespec="seconds")
+        except ValueError:
+            pass
+    try:
+        when = datetime.strptime(run_id[:15], "%Y%m%dT%H%M%S")
+        return when.strftime("%Y-%m-%d %H:%M"), when.isoformat(timespec="seconds")
+    except ValueError:
+        return "", ""
+
+
+def card_from_run(run: RunInfo) -> dict[str, Any]:
+    """The card for one run, from its details only (file facts are added per build by `add_files`).
+
+    RunInfo's own properties trust field types (`int(stage)`, `config.get`), so fields are read from
+    `run.details` here through the coercers above.
+    """
+    d = run.details
+    config = as_dict(d.get("config"))
+    weights = as_dict(d.get("weights"))
+    timings = as_dict(d.get("timings"))
+    prompt = as_text(d.get("prompt"), MAX_PROMPT) or as_text(config.get("prompt"), MAX_PROMPT)
+    width, height = _size(d, config)
+    status = as_text(d.get("status"), 40).lower() or "unknown"
+    date, iso = display_date(d.get("created"), run.id)
+    seed = as_int(d.get("seed"))
+    if seed is None:
+        seed = as_int(config.get("seed"))
+    parent = d.get("parent")
+    root = d.get("root")
+    total_s = timings.get("total_s")
+    seconds = total_s if isinstance(total_s, (int, float)) and not isinstance(total_s, bool) else None
+    return {
+        "id": run.id,
+        "prompt": prompt,
+        "model": as_text(config.get("model")) or as_text(weights.get("name")) or "unknown",
+        "clip": as_text(config.get("clip_model")),
+        "w": width,
+        "h": height,
+        "steps": as_int(d.get("steps_done"), 0),
+        "planned": as_int(d.get("steps_planned"), 0) or as_int(config.get("steps"), 0),
+        # Seeds are strings: JS numbers lose precision above 2**53.
+        "seed": None if seed is None else str(seed),
+        "status": status,
+        "error": as_text(d.get("error"), 300) if status == "failed" else "",
+        "date": date,
+        "iso": iso,
+        "seconds": round(seconds, 1) if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None,
+        "parent": parent if isinstance(parent, str) and is_run_id(parent) and parent != run.id else None,
+        "root": root if isinstance(root, str) and is_run_id(root) else run.id,
+        "stage": as_int(d.get("stage"), 1, 100_000),
+        "declared": _declared_files(d),
+    }
+
+
+def _declared_files(details: dict[str, Any]) -> list[str]:
+    """Input-image names that details.json's `files` names; validated later against the folder listing."""
+    files = as_dict(details.get("files"))
+    names = [files.get("init_image")]
+    prompts = files.get("image_prompts")
+    if isinstance(prompts, list):
+        names.extend(prompts[:50])
+    return [n for n in names if isinstance(n, str) and SAFE_FILE.match(n)]
+
+
+def input_images(declared: list[str], names: set[str]) -> list[dict[str, str]]:
+    """Links to the init image and image prompts that really exist in the folder (declared or by name)."""
+    found = [n for n in declared if n in names]
+    found += sorted((n for n in names if _INIT_IMAGE.match(n) and n not in found), key=str.lower)
+    found += sorted((n for n in names if _PROMPT_IMAGE.match(n) and n not in found),
+                    key=lambda n: int(_PROMPT_IMAGE.match(n).group(1)))  # type: ignore[union-attr]
+    links = []
+    for name in found:
+        if _INIT_IMAGE.match(name) or "init" in name.lower():
+            label = "init"
+        else:
+            m = _PROMPT_IMAGE.match(name)
+            label = f"prompt {int(m.group(1)) + 1}" if m else "prompt"
+        links.append({"label": label, "file": name})
+    return links
+
+
+def lineage_strips(cards: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """For each run in a `continue` chain: ancestors (via `parent`, as runs.lineage walks) → run → children.
+
+    Walks the in-memory index instead of calling `runs.lineage`, which re-reads each ancestor's details.json
+    from disk: at 2,000 runs that would undo the incremental cache. Missing or looping parents end the walk.
+    """
+    by_id = {c["id"]: c for c in cards}
+    children: dict[str, list[str]] = {}
+    for c in cards:
+        if c["parent"] in by_id:
+            children.setdefault(c["parent"], []).append(c["id"])
+    strips: dict[str, list[dict[str, Any]]] = {}
+    for c in cards:
+        kids = sorted(children.get(c["id"], []))
+        if not c["parent"] and not kids:
+            continue
+        chain = [c]
+        seen = {c["id"]}
+        while chain[0]["parent"] in by_id and chain[0]["parent"] not in seen:
+            chain.insert(0, by_id[chain[0]["parent"]])
+            seen.add(chain[0]["id"])
+        missing_parent = bool(chain[0]["parent"]) and chain[0]["parent"] not in by_id
+        offset = (chain[0]["stage"] or 1) - 1 if missing_parent else 0
+        strip = [{"id": r["id"], "stage": r["stage"] or i + 1 + offset} for i, r in enumerate(chain)]
+        stage = strip[-1]["stage"]
+        strip += [{"id": k, "stage": by_id[k]["stage"] or stage + 1} for k in kids if k not in seen]
+        strips[c["id"]] = strip
+    return strips

@@ -1,0 +1,65 @@
+"""Thumbnails: small WebP copies of each run's output.png, made with Pillow and cached by the build.
+
+Why WebP at 400 px, quality 80, method 2: a 480² output.png is ~300-700 kB; its thumbnail is ~5-15 kB, so a
+2,000-card page scrolls smoothly from disk. Method 2 encodes ~40 % faster than the default 4 for ~1 % more
+bytes (measured here). Pillow releases the GIL while decoding, resizing and encoding, so a thread pool uses
+both cores without the start-up cost of processes.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from vqclip.runs import temp_path
+
+THUMB_SIZE = 400
+THUMB_EXT = ".webp"
+THUMB_VERSION = f"webp-{THUMB_SIZE}-q80-m2"  # part of the cache key: change it and every thumb is remade
+
+
+@dataclass(frozen=True)
+class ThumbJob:
+    run_id: str
+    src: Path
+    dst: Path
+
+
+def make_thumbnail(src: Path, dst: Path, size: int = THUMB_SIZE) -> tuple[int, int]:
+    """Write a thumbnail of `src` to `dst` (atomically) and return its (width, height). Never upscales."""
+    from PIL import Image
+
+    with Image.open(src) as im:
+        im.draft("RGB", (size, size))  # JPEG inputs decode at a reduced scale; a no-op for PNG
+        has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+        im = im.convert("RGBA" if has_alpha else "RGB")
+        im.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        tmp = temp_path(dst)
+        try:
+            im.save(tmp, "WEBP", quality=80, method=2)
+            os.replace(tmp, dst)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return im.size
+
+
+def _run(job: ThumbJob) -> tuple[str, tuple[int, int] | None, str]:
+    try:
+        return job.run_id, make_thumbnail(job.src, job.dst), ""
+    except Exception as e:  # noqa: BLE001 - a corrupt image (any Pillow error) must never stop the build
+        return job.run_id, None, f"{type(e).__name__}: {e}"
+
+
+def make_thumbnails(jobs: list[ThumbJob], workers: int | None = None) -> dict[str, tuple[tuple[int, int] | None, str]]:
+    """Make all thumbnails; returns run id → ((w, h) or None, error text)."""
+    if not jobs:
+        return {}
+    workers = workers or min(4, os.cpu_count() or 1)
+    if len(jobs) < 4 or workers == 1:
+        results = map(_run, jobs)
+        return {rid: (size, err) for rid, size, err in results}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vqclip-thumb") as pool:
+        return {rid: (size, err) for rid, size, err in pool.map(_run, jobs)}
