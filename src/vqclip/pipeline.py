@@ -58,6 +58,9 @@ class RunRequest:
     start_image: Any = None  # a PIL image to encode as the start (continuing from a PNG, or stretch)
     extra_details: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
+    # (models, settings, state, start_image) -> the state to start from; lets `continue` adapt a saved state to
+    # the loaded models (new grid size, re-encoded start) without loading the models twice
+    prepare_state: Callable[[Any, Any, dict[str, Any] | None, Any], dict[str, Any] | None] | None = None
 
 
 @dataclass
@@ -217,7 +220,10 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
             folder.file(name).write_bytes(data)
             input_files["image_prompts"].append(name)
 
-        session = engine.start_session(models, settings, prompts, init_image=start_image, state=req.state)
+        state = req.state
+        if req.prepare_state is not None:
+            state = req.prepare_state(models, settings, state, start_image)
+        session = engine.start_session(models, settings, prompts, init_image=start_image, state=state)
         last_frame_step = [-1]
 
         def on_step(info: Any) -> None:
