@@ -1,6 +1,6 @@
 """A static, offline HTML gallery of run folders (`vqclip gallery build`). Imports nothing heavy (no torch).
 
-Pieces: `model` coerces untrusted details.json into cards, `thumbs` makes cached WebP thumbnails, `cache`
+Pieces: `model` coerces untrusted details.json into cards, `thumbs` makes cached JPEG thumbnails, `cache`
 remembers both by file signature, `build` renders one self-contained page from `templates/` and `static/`.
 """
 

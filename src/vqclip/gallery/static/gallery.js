@@ -85,7 +85,7 @@
       var img = el("img");
       img.loading = "lazy";
       img.decoding = "async";
-      img.src = kiosk ? full : base + ".gallery/thumbs/" + id + ".webp";
+      img.src = kiosk ? full : base + ".gallery/thumbs/" + id + ".jpg";
       if (thumbOk) {
         img.width = num(r.thumb[0]) || 1;
         img.height = num(r.thumb[1]) || 1;
