@@ -4,17 +4,30 @@ Taming `.ckpt` files were written by PyTorch Lightning 1.x and pickle the `Model
 key under `callbacks`. `torch.load(weights_only=True)` refuses that global. We register inert placeholder
 classes under those names so the file loads without Lightning and without running any pickled code. Any
 other global is refused unless the caller explicitly trusts the file.
+
+`load_vqgan_state` adds a pickle-free cache: after the first safe load, the VQGAN tensors (decoder, quantizer,
+post_quant_conv, encoder, quant_conv) are written to `<stem>.safetensors` beside the `.ckpt`, with metadata that
+binds the cache to that exact file (size + mtime, plus its sha256 when the weights manifest knows it). Later
+loads read only the tensors they need from it (safetensors: no pickle, no optimizer states, no loss network).
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
-from vqclip.errors import UnsafeCheckpoint
+from vqclip.errors import UnsafeCheckpoint, VqclipError, WeightsMissing
+
+VQGAN_KEYS = ("decoder.", "post_quant_conv.", "quantize.", "encoder.", "quant_conv.")
+# Where the autoencoder lives in a checkpoint: a VQModel's own keys, or a Net2NetTransformer's first stage
+# (sflckr, faceshq); never the cond_stage_model of a segmentation model.
+_AUTOENCODER_PREFIXES = ("", "first_stage_model.")
+CACHE_FORMAT = "vqclip-vqgan-cache/1"
 
 # Globals that only ever appear as inert data in Lightning/numpy checkpoints. They are *never* imported: each
 # name maps to a placeholder class (or to a numpy data constructor that the torch docs list as safe).
@@ -98,3 +111,191 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
     if not tensors:
         raise UnsafeCheckpoint(f"{path} holds no state_dict of tensors; is it a model checkpoint?")
     return tensors
+
+
+# ------------------------------------------------------------------------------------------ VQGAN state
+
+
+def load_vqgan_state(ckpt_path: str | Path, trust: bool = False, keys: Iterable[str] = VQGAN_KEYS,
+                     cache: bool = True) -> dict[str, torch.Tensor]:
+    """The VQGAN tensors of a taming checkpoint whose names start with one of `keys` (e.g. `decoder.`).
+
+    Reads the safetensors cache when it belongs to this exact file; otherwise loads the checkpoint safely
+    (see `load_checkpoint`), strips a Net2NetTransformer's `first_stage_model.` prefix and, after a safe load,
+    writes the cache. A load that needed `trust=True` is not cached: the next load must be trusted again.
+    """
+    path = Path(ckpt_path)
+    wanted = tuple(keys)
+    if not path.is_file():
+        raise WeightsMissing(f"checkpoint {path} not found; see `vqclip weights list`")
+    if cache:
+        hit = read_cache(path, wanted)
+        if hit is not None:
+            return hit
+    stamp = path.stat()
+    state = vqgan_tensors(load_checkpoint(path, trust=trust), path)
+    if cache and not trust:
+        write_cache(path, state, stamp)
+    return {k: v for k, v in state.items() if k.startswith(wanted)}
+
+
+def vqgan_tensors(state: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The autoencoder's tensors under their VQModel names (prefix stripped), training-only ones dropped."""
+    for prefix in _AUTOENCODER_PREFIXES:
+        if f"{prefix}decoder.conv_in.weight" in state:
+            n = len(prefix)
+            return {k[n:]: v for k, v in state.items() if k.startswith(prefix) and k[n:].startswith(VQGAN_KEYS)}
+    raise VqclipError(f"{path} has no VQGAN decoder (no decoder.* tensors); is it a taming VQGAN checkpoint?")
+
+
+def cache_path(ckpt_path: str | Path) -> Path:
+    return Path(ckpt_path).with_suffix(".safetensors")
+
+
+def _stamp(st: os.stat_result) -> dict[str, str]:
+    return {"source_size": str(st.st_size), "source_mtime_ns": str(st.st_mtime_ns)}
+
+
+def read_cache(ckpt_path: Path, keys: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+    """The cached tensors starting with `keys`, or None when there is no cache for this exact checkpoint."""
+    from safetensors import safe_open
+
+    cache = cache_path(ckpt_path)
+    if not cache.is_file():
+        return None
+    try:
+        with safe_open(str(cache), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            current = _stamp(ckpt_path.stat())
+            fresh = meta.get("format") == CACHE_FORMAT and all(meta.get(k) == v for k, v in current.items())
+            if not fresh or not set(keys) <= set(meta.get("prefixes", "").split(",")):
+                return None
+            return {k: f.get_tensor(k) for k in f.keys() if k.startswith(keys)}
+    except Exception:  # a truncated or foreign file: ignore it, the checkpoint is the source of truth
+        return None
+
+
+def write_cache(ckpt_path: Path, state: dict[str, torch.Tensor], stamp: os.stat_result) -> Path | None:
+    """Write the VQGAN tensors beside the checkpoint (atomically); None when the folder is not writable."""
+    from safetensors.torch import save_file
+
+    if _stamp(ckpt_path.stat()) != _stamp(stamp):  # the file changed while we read it
+        return None
+    meta = {"format": CACHE_FORMAT, "source_name": ckpt_path.name, "prefixes": ",".join(VQGAN_KEYS),
+            "source_sha256": _manifest_sha(ckpt_path) or "", **_stamp(stamp)}
+    cache = cache_path(ckpt_path)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        save_file(_unshared(state), str(tmp), metadata=meta)
+        os.replace(tmp, cache)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return None
+    return cache
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses views and tensors sharing storage: copy those (rare in taming checkpoints)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for k, v in state.items():
+        t = v.detach()
+        ptr = t.untyped_storage().data_ptr()
+        whole = t.is_contiguous() and t.storage_offset() == 0 and \
+            t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        out[k] = t if whole and ptr not in seen else t.contiguous().clone()
+        seen.add(ptr)
+    return out
+
+
+def _manifest_sha(ckpt_path: Path) -> str | None:
+    from vqclip import weights
+
+    entry = weights.fresh_entry(ckpt_path.parent, ckpt_path)
+    return str(entry["sha256"]) if entry and entry.get("sha256") else None
+
+
+def is_trusted(ckpt_path: str | Path, trusted: Iterable[str | Path]) -> bool:
+    """Whether `--trust-checkpoint FILE` names this checkpoint (same file after resolving links)."""
+    target = Path(ckpt_path).expanduser()
+    for item in trusted:
+        candidate = Path(item).expanduser()
+        try:
+            if candidate.resolve() == target.resolve() or os.path.samefile(candidate, target):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+# ---------------------------------------------------------------------------------------------- benchmark
+
+
+def benchmark_cache(folder: str | Path, *, optimizer_states: bool = True,
+                    repeats: int = 3) -> dict[str, float]:
+    """Time a pickle load against the safetensors cache on a random checkpoint with vqgan_imagenet_f16_16384's
+    shapes (VQModel f16, 16384 codes, a loss discriminator and, like the real 980 MB file, Adam states).
+
+    Returns sizes (MB) and seconds: `pickle_s` (safe torch.load + filtering), `first_load_s` (pickle + writing
+    the cache), `cached_s` (all five prefixes from the cache), `cached_decoder_s` (what generate needs without
+    an init image). safetensors maps the file lazily, so the cached timings include copying every tensor into
+    fresh memory (as moving them to a GPU would). Best of `repeats`; files are in the page cache (warm).
+    """
+    from vqclip.tiny import _lightning_callback_key, _save_with_fake_lightning
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt = folder / "bench_f16_16384.ckpt"
+    cache_path(ckpt).unlink(missing_ok=True)
+    state = _f16_16384_random_state()
+    obj: dict[str, Any] = {"epoch": 1, "global_step": 1, "state_dict": state}
+    if optimizer_states:
+        gen = [v for k, v in state.items() if not k.startswith("loss.")]
+        obj["optimizer_states"] = [{"state": {i: {"exp_avg": torch.randn_like(p), "exp_avg_sq": torch.rand_like(p)}
+                                              for i, p in enumerate(gen)}}]
+    cb = _lightning_callback_key()
+    obj["callbacks"] = {cb: {"best_model_score": None}}
+    _save_with_fake_lightning(obj, ckpt, cb)
+    del obj, state
+    os.sync()  # let writeback of the fresh file finish before timing reads
+    out = {"ckpt_mb": ckpt.stat().st_size / 1e6}
+    out["pickle_s"] = _best(repeats, lambda: vqgan_tensors(load_checkpoint(ckpt), ckpt))
+    out["first_load_s"] = _best(repeats, lambda: load_vqgan_state(ckpt), before=cache_path(ckpt).unlink)
+    os.sync()
+    out["cache_mb"] = cache_path(ckpt).stat().st_size / 1e6
+    out["cached_s"] = _best(repeats, lambda: load_vqgan_state(ckpt))
+    out["cached_decoder_s"] = _best(repeats, lambda: load_vqgan_state(ckpt, keys=VQGAN_KEYS[:3]))
+    return out
+
+
+def _best(repeats: int, fn: Any, before: Any = None) -> float:
+    """Best of `repeats` timings; every tensor is touched, so lazily mapped tensors pay for their reads too."""
+    times = []
+    for _ in range(max(1, repeats)):
+        if before is not None:
+            before(missing_ok=True)
+        t = time.perf_counter()
+        for v in fn().values():
+            v.clone()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _f16_16384_random_state() -> dict[str, torch.Tensor]:
+    """Random tensors with the real f16_16384 names and shapes (modules built on the meta device: no init cost)."""
+    import contextlib
+    import io
+
+    from taming.modules.diffusionmodules.model import Decoder, Encoder
+
+    dd = {"double_z": False, "z_channels": 256, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+          "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16], "dropout": 0.0}
+    with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()):
+        parts = {"encoder": Encoder(**dd), "decoder": Decoder(**dd), "quant_conv": torch.nn.Conv2d(256, 256, 1),
+                 "post_quant_conv": torch.nn.Conv2d(256, 256, 1)}
+        disc = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 4), torch.nn.Conv2d(64, 128, 4),
+                                   torch.nn.Conv2d(128, 256, 4), torch.nn.Conv2d(256, 1, 4))
+    shapes = {f"{p}.{k}": v.shape for p, m in parts.items() for k, v in m.state_dict().items()}
+    shapes["quantize.embedding.weight"] = torch.Size([16384, 256])
+    shapes |= {f"loss.discriminator.main.{k}": v.shape for k, v in disc.state_dict().items()}
+    return {k: torch.randn(s) for k, s in shapes.items()}

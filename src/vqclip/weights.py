@@ -83,7 +83,7 @@ def _heibox_dir(share: str, path: str) -> str:
 _REGISTRY: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="vqgan_imagenet_f16_16384",
-        description="ImageNet, 16384 codes: the general-purpose default; varied, detailed textures",
+        description="ImageNet: all-round default, detailed textures",
         architecture="VQModel f16, n_embed 16384, embed_dim 256",
         size=980092370,
         sha256="845a68805098cb666420d5db93df53f3a3b6dd443e6dd85c05759c5b998cd663",
@@ -94,7 +94,7 @@ _REGISTRY: tuple[WeightSpec, ...] = (
     ),
     WeightSpec(
         name="vqgan_imagenet_f16_1024",
-        description="ImageNet, 1024 codes: coarser, blockier shapes and bolder colour than the 16384 model",
+        description="ImageNet, 1024 codes: coarser, bolder colour",
         architecture="VQModel f16, n_embed 1024, embed_dim 256",
         size=None,
         sha256=None,
@@ -107,7 +107,7 @@ _REGISTRY: tuple[WeightSpec, ...] = (
     ),
     WeightSpec(
         name="vqgan_gumbel_f8_8192",
-        description="Open Images, 8192 codes, f8 Gumbel: finer detail (8-pixel tokens, 4x the latent grid)",
+        description="Open Images, f8: finer detail, 4x the tokens",
         architecture="GumbelVQ f8, n_embed 8192, embed_dim 256",
         size=376581823,
         sha256="5cd6c74810ab97e00e942c25403f73afc081e8b19987b31ec0d9ff5b68e7ab14",
@@ -118,7 +118,7 @@ _REGISTRY: tuple[WeightSpec, ...] = (
     ),
     WeightSpec(
         name="wikiart_16384",
-        description="WikiArt paintings, 16384 codes: painterly brushwork, canvas texture, art-history palettes",
+        description="WikiArt: painterly brushwork, canvas texture",
         architecture="VQModel f16, n_embed 16384, embed_dim 256",
         size=1005327541,
         sha256="bd08bb46301f98be1712bb2be9f8868cea30b53137cd985d4d6e8da8b3e02c36",
@@ -130,7 +130,7 @@ _REGISTRY: tuple[WeightSpec, ...] = (
     ),
     WeightSpec(
         name="sflckr",
-        description="S-FLCKR landscapes (Flickr scenery): skies, mountains, water; photographic scenes",
+        description="Flickr landscapes: skies, mountains, water",
         architecture="VQModel f16, n_embed 1024 (first stage of a Net2NetTransformer checkpoint)",
         size=4263525412,
         sha256="8a8adea3da8dab412675772831370dd948e0aa97bb11a9488a2f328b58dbc929",
@@ -142,7 +142,7 @@ _REGISTRY: tuple[WeightSpec, ...] = (
     ),
     WeightSpec(
         name="coco",
-        description="COCO-Stuff scenes, 8192 codes: everyday objects and busy indoor/outdoor scenes",
+        description="COCO scenes: everyday objects and streets",
         architecture="VQModel f16, n_embed 8192, embed_dim 256 (first stage of the COCO scene transformer)",
         size=296030214,
         sha256="106cc20fde571df14afc4349d62218d8213cf47177c682ecaa78a8c28b12f9de",
@@ -152,7 +152,7 @@ _REGISTRY: tuple[WeightSpec, ...] = (
     ),
     WeightSpec(
         name="faceshq",
-        description="FacesHQ (CelebA-HQ + FFHQ): faces and portraits, smooth skin, studio look",
+        description="FFHQ + CelebA-HQ faces: portraits, smooth skin",
         architecture="VQModel f16, n_embed 1024 (first stage of a Net2NetTransformer checkpoint)",
         size=None,
         sha256="3274bba51bd565c90990bbcf7bb5dad0b9b95a6a77011980afc4c3cfc4d1cad1",
@@ -747,10 +747,10 @@ def registry_status(spec: WeightSpec, folder: Path) -> ModelStatus:
 def custom_status(name: str, yaml_path: Path, folder: Path) -> ModelStatus:
     ckpt = yaml_path.with_suffix(".ckpt")
     if not ckpt.is_file():
-        return ModelStatus(name, "custom", "custom model (your own .yaml)", None, False, "no checkpoint", ckpt,
+        return ModelStatus(name, "custom", "custom (.yaml, no .ckpt yet)", None, False, "no checkpoint", ckpt,
                            yaml_path, None)
     entry = fresh_entry(folder, ckpt)
-    return ModelStatus(name, "custom", "custom model (your own .yaml + .ckpt)", ckpt.stat().st_size, True,
+    return ModelStatus(name, "custom", "custom model (your .yaml + .ckpt)", ckpt.stat().st_size, True,
                        CUSTOM, ckpt, yaml_path, str(entry["sha256"]) if entry else None)
 
 
@@ -797,22 +797,26 @@ def verify_model(name: str, folder: Path, console: Console | None = None,
     raise VqclipError(f"unknown model {name!r}; known: {', '.join(known_names(folder, registry))}")
 
 
-def remove_model(name: str, folder: Path, registry: Mapping[str, WeightSpec] | None = None) -> list[Path]:
-    """Delete a model's checkpoint, partial download, safetensors cache and manifest record (and a custom yaml)."""
+def removal_targets(name: str, folder: Path, registry: Mapping[str, WeightSpec] | None = None) -> list[Path]:
+    """The files `remove_model` would delete; raises when `name` is unknown or has nothing to remove."""
     registry = WEIGHTS if registry is None else registry
     customs = custom_models(folder, registry)
     if name not in registry and name not in customs:
         raise VqclipError(f"unknown model {name!r}; known: {', '.join(known_names(folder, registry))}")
     ckpt = folder / f"{name}.ckpt"
-    targets = [ckpt, part_path(ckpt), ckpt.with_suffix(".safetensors")]
-    if name in customs:
-        targets.append(customs[name])
-    removed = [p for p in targets if p.is_file()]
-    if not removed and manifest_entry(folder, ckpt) is None:
+    targets = [ckpt, part_path(ckpt), ckpt.with_suffix(".safetensors")] + ([customs[name]] if name in customs else [])
+    found = [p for p in targets if p.is_file()]
+    if not found and manifest_entry(folder, ckpt) is None:
         raise VqclipError(f"{name} is not installed in {folder}; nothing to remove")
+    return found
+
+
+def remove_model(name: str, folder: Path, registry: Mapping[str, WeightSpec] | None = None) -> list[Path]:
+    """Delete a model's checkpoint, partial download, safetensors cache and manifest record (and a custom yaml)."""
+    removed = removal_targets(name, folder, registry)
     for path in removed:
         path.unlink()
-    forget_file(folder, ckpt)
+    forget_file(folder, folder / f"{name}.ckpt")
     return removed
 
 
