@@ -68,7 +68,9 @@ def make_tiny_vqgan(folder: str | Path, name: str = "tiny", gumbel: bool = False
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     dd = dict(TINY_DDCONFIG)
-    embed_dim = 16
+    # GumbelVQ feeds quant_conv's output (embed_dim channels) to a projection declared with z_channels
+    # inputs, so real Gumbel checkpoints have embed_dim == z_channels; keep that invariant.
+    embed_dim = dd["z_channels"] if gumbel else 16
     with contextlib.redirect_stdout(io.StringIO()):  # taming prints the z shape
         encoder, decoder = Encoder(**dd), Decoder(**dd)
     modules = {
