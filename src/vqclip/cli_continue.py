@@ -1,13 +1,100 @@
-"""`vqclip continue RUN` (being written for issue 4)."""
+"""`vqclip continue RUN`: a new run folder that picks up where RUN stopped (logic in `vqclip.chain`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
+from vqclip import cli_options as O
 from vqclip.cli_common import handle_errors
+
+RESIZE = typer.Option(
+    None, "--resize", metavar="crop|pad|stretch",
+    help="With a new --size: crop/pad the token grid around its centre (the default does whichever each side "
+         "needs; new border tokens are random from the run's seed), or stretch = resize output.png and re-encode "
+         "it (also the way to switch --model).")
+OUTPUT_DIR = typer.Option(
+    None, "--output-dir", "-o",
+    help="Where to look RUN up by id (default ./output) and where the new run goes (default: beside RUN).")
 
 
 @handle_errors
-def continue_run(run: str = typer.Argument(..., help="Run id, unique id prefix, or run-folder path.")) -> None:
-    """Continue a run from its saved latent."""
-    raise typer.Exit(1)
+def continue_run(
+    run: str = typer.Argument(..., help="Run id, unique id prefix, or run-folder path (see `vqclip runs list`)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help='New text prompts, "text[:weight[:stop]] | …".'),
+    image_prompt: Optional[List[str]] = O.IMAGE_PROMPT,
+    noise_prompt: Optional[List[str]] = O.NOISE_PROMPT,
+    size: Optional[str] = O.SIZE,
+    resize: Optional[str] = RESIZE,
+    steps: Optional[int] = O.STEPS,
+    seed: Optional[int] = O.SEED,
+    model: Optional[str] = O.MODEL,
+    clip_model: Optional[str] = O.CLIP_MODEL,
+    clip_pretrained: Optional[str] = O.CLIP_PRETRAINED,
+    cutn: Optional[int] = O.CUTN,
+    cut_pow: Optional[float] = O.CUT_POW,
+    augment: Optional[bool] = O.AUGMENT,
+    noise_fac: Optional[float] = O.NOISE_FAC,
+    optimizer: Optional[str] = O.OPTIMIZER,
+    lr: Optional[float] = O.LR,
+    init_weight: Optional[float] = O.INIT_WEIGHT,
+    init_weight_decay: Optional[float] = O.INIT_WEIGHT_DECAY,
+    init_weight_decay_every: Optional[int] = O.INIT_WEIGHT_DECAY_EVERY,
+    tv_weight: Optional[float] = O.TV_WEIGHT,
+    save_every: Optional[int] = O.SAVE_EVERY,
+    fps: Optional[int] = O.FPS,
+    device: Optional[str] = O.DEVICE,
+    precision: Optional[str] = O.PRECISION,
+    low_memory: Optional[bool] = O.LOW_MEMORY,
+    compile: Optional[bool] = O.COMPILE,
+    config: Optional[Path] = O.CONFIG,
+    output_dir: Optional[Path] = OUTPUT_DIR,
+    weights_dir: Optional[Path] = O.WEIGHTS_DIR,
+    no_download: bool = O.NO_DOWNLOAD,
+    trust_checkpoint: Optional[List[Path]] = O.TRUST,
+    quiet: bool = O.QUIET,
+) -> None:
+    """Continue a run from its saved latent, optimizer and random state, as a new run folder linked to it.
+
+    Whatever is not given is inherited from RUN's details.json (prompt, size, seed, model, lr, …). With the same
+    settings, `generate --steps 100` then `continue --steps 50` gives the same output.png as `generate --steps
+    150`. A new --size crops or pads the token grid (see --resize); an interrupted RUN finishes its planned steps
+    unless --steps is given; a RUN without state.pt is re-encoded from its output.png.
+
+    Example (the four seasons, one stage at a time):
+
+        vqclip generate "Backyard in spring" --steps 100 --seed 7
+
+        vqclip continue 20261125T101500-k3J9aQ2x --prompt "Backyard in summer" --steps 100
+
+        vqclip continue 20261125T1016 --prompt "Backyard in autumn" --size 640x480
+    """
+    from vqclip.chain import continue_run as run_continue
+    from vqclip.cli import report_outcome
+    from vqclip.cli_common import err_console
+    from vqclip.cli_progress import RichReporter, StopOnInterrupt
+    from vqclip.runs import find_run
+
+    flags = O.overrides(
+        size, prompt=prompt, image_prompts=image_prompt, noise_prompts=noise_prompt, steps=steps, seed=seed,
+        model=model, clip_model=clip_model, clip_pretrained=clip_pretrained, cutn=cutn, cut_pow=cut_pow,
+        augment=augment, noise_fac=noise_fac, optimizer=optimizer, lr=lr, init_weight=init_weight,
+        init_weight_decay=init_weight_decay, init_weight_decay_every=init_weight_decay_every, tv_weight=tv_weight,
+        save_every=save_every, fps=fps, device=device, precision=precision, low_memory=low_memory,
+        compile=compile)
+    if resize is not None:
+        resize = resize.strip().lower()
+    parent = find_run(run, output_dir or Path("output"))
+    reporter = RichReporter(quiet=quiet, label="continuing")
+    reporter.note(f"continuing {parent.id} (stage {parent.stage}, {parent.status}, "
+                  f"step {parent.details.get('global_step', '?')})")
+    with StopOnInterrupt() as stop:
+        outcome = run_continue(parent, flags, resize=resize, config_file=config, output_dir=output_dir,
+                               weights_dir=weights_dir, download=not no_download,
+                               trusted=list(trust_checkpoint or []), should_stop=stop, reporter=reporter)
+    report_outcome(outcome)
+    if outcome.status == "interrupted":
+        err_console.print("Interrupted: the partial run above was saved; `vqclip continue` picks it up.")
+        raise typer.Exit(130)

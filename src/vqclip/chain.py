@@ -1,0 +1,442 @@
+"""Continuing runs from disk, and chains of stages (`vqclip continue`, `vqclip generate … --then …`).
+
+A child run starts from its parent's `state.pt` (z, MSE anchor, optimizer moments, RNG states, step counter),
+so `generate --steps N` then `continue --steps M` writes the same output.png bytes as `generate --steps N+M`
+with the same seed (CPU). What the child does not set is inherited from the parent's details.json
+(defaults < parent's config < --config file < flags); the seed is the parent's resolved seed.
+
+Starts, in order of preference (recorded in the child's details.json under `continue`):
+- `state`: the saved state, bit for bit. A new `--size` crops or pads the token grid around its centre (new
+  border tokens are random codebook tokens drawn from the run's seed, the same ones a fresh run at that size
+  starts from); the optimizer then restarts, since its moments belong to the old grid.
+- `output.png`: a parent without a usable state.pt (older, foreign or failed) is re-encoded from its image at its
+  own size (then cropped/padded like a state); the optimizer and the random stream restart.
+- `stretch` (`--resize stretch`): output.png resized to the new size and re-encoded. This is also the only way to
+  switch to a different VQGAN, whose latent space means nothing to the parent's latent.
+
+Chains: every stage is its own run folder (parent / root / stage in details.json). `run_stages` writes the
+combined video of the chain as `chain.mp4` in the **last stage's folder** and records it there in details.json
+(`files.chain_video`, `chain` = the stage ids). Each stage's own video already starts from its parent's last
+frame (a session's first frame is its starting latent), so the combined video drops that duplicate frame at each
+joint; stages of different sizes are centred on a black canvas of the largest width and height, unscaled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vqclip.config import RunConfig, _layer, default_values, load_config_file
+from vqclip.errors import UsageError, VqclipError
+from vqclip.pipeline import Reporter, RunOutcome, RunRequest
+from vqclip.runs import DETAILS, IMAGE, STATE, VIDEO, BadRun, RunInfo, atomic_write_json, read_details, temp_path
+
+RESIZE_MODES = ("crop", "pad", "stretch")
+CHAIN_VIDEO = "chain.mp4"
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def inherit_config(parent: RunInfo, overrides: dict[str, Any] | None = None,
+                   config_file: str | Path | None = None) -> tuple[RunConfig, list[str]]:
+    """The child's RunConfig: defaults < parent's config < --config file < flags. Also returns notes (keys of an
+    older schema that were dropped)."""
+    from pydantic import ValidationError
+
+    from vqclip.cli_common import format_validation_error
+
+    where = parent.path / DETAILS
+    base = parent.details.get("config")
+    if not isinstance(base, dict):
+        raise BadRun(f"{where} has no config object; fix or remove that run folder, or start anew with "
+                     "`vqclip generate`")
+    notes = []
+    known = {k: v for k, v in base.items() if k in RunConfig.model_fields}
+    dropped = sorted(set(base) - set(known))
+    if dropped:
+        notes.append(f"ignored settings this version does not know in {where}: {', '.join(dropped)}")
+    if isinstance(parent.details.get("seed"), int):
+        known["seed"] = parent.details["seed"]  # the resolved seed (the config may say null = random)
+    merged: dict[str, Any] = {}
+    _layer(merged, default_values())
+    _layer(merged, known)
+    if config_file is not None:
+        _layer(merged, load_config_file(config_file))
+    if overrides:
+        _layer(merged, {k: v for k, v in overrides.items() if v is not None})
+    try:
+        return RunConfig.model_validate(merged), notes
+    except ValidationError as e:
+        if overrides or config_file:
+            raise
+        lines = "; ".join(format_validation_error(e))
+        raise BadRun(f"{where} holds settings that are not valid ({lines}); fix that file or pass the "
+                     "setting as a flag") from None
+
+
+# ------------------------------------------------------------------------------------------------ state
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A saved engine state, loaded safely (tensors and plain values only)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip/EOF errors of many kinds
+        raise BadRun(f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})") \
+            from None
+    z = state.get("z") if isinstance(state, dict) else None
+    if not isinstance(z, torch.Tensor) or z.dim() != 4 or "step" not in state:
+        raise BadRun(f"{path} is not a vqclip state (no latent z or step counter)")
+    if not isinstance(state.get("z_anchor"), torch.Tensor) or state["z_anchor"].shape != z.shape:
+        state["z_anchor"] = z.clone()
+    return state
+
+
+def grid_change(old: tuple[int, int], new: tuple[int, int], mode: str | None) -> str:
+    """Describe how the token grid (rows, cols) changes; refuse an explicit crop/pad that cannot do it alone."""
+    shrink = [axis for axis, o, n in (("height", old[0], new[0]), ("width", old[1], new[1])) if n < o]
+    grow = [axis for axis, o, n in (("height", old[0], new[0]), ("width", old[1], new[1])) if n > o]
+    if mode == "crop" and grow:
+        raise UsageError(f"--resize crop cannot make the {' and '.join(grow)} larger; use --resize pad (or leave "
+                         "--resize out to crop and pad as needed), or stretch")
+    if mode == "pad" and shrink:
+        raise UsageError(f"--resize pad cannot make the {' and '.join(shrink)} smaller; use --resize crop (or "
+                         "leave --resize out to crop and pad as needed), or stretch")
+    parts = []
+    if shrink:
+        parts.append(f"centre-cropped ({' and '.join(shrink)})")
+    if grow:
+        parts.append(f"padded with random tokens ({' and '.join(grow)})")
+    return " and ".join(parts)
+
+
+def fit_grid(z: Any, fill: Any) -> Any:
+    """`z` centred on a copy of `fill` (a latent of the new grid): cropped where smaller, `fill` shows where
+    larger."""
+    out = fill.clone()
+    oh, ow = z.shape[-2:]
+    nh, nw = fill.shape[-2:]
+    h, w = min(oh, nh), min(ow, nw)
+    sy, sx, dy, dx = (oh - h) // 2, (ow - w) // 2, (nh - h) // 2, (nw - w) // 2
+    out[..., dy:dy + h, dx:dx + w] = z[..., sy:sy + h, sx:sx + w].to(out)
+    return out
+
+
+def _fmt_size(grid: tuple[int, int], factor: int) -> str:
+    return f"{grid[1] * factor}x{grid[0] * factor}"
+
+
+# ------------------------------------------------------------------------------------------------ plan
+
+
+@dataclass
+class Plan:
+    """What `continue` will do, decided before any model is loaded."""
+
+    parent: RunInfo
+    config: RunConfig
+    start: str  # "state" | "output.png" | "stretch"
+    state: dict[str, Any] | None
+    resize: str | None
+    notes: list[str] = field(default_factory=list)
+    reseed: bool = False
+
+    @property
+    def parent_step(self) -> int:
+        if self.state is not None:
+            return int(self.state["step"])
+        return int(self.parent.details.get("global_step") or self.parent.details.get("steps_done") or 0)
+
+
+def _same_weights(parent: RunInfo, files: Any) -> bool:
+    w = parent.details.get("weights") or {}
+    if w.get("sha256") and files.sha256:
+        return bool(w["sha256"] == files.sha256)
+    try:
+        return bool(w.get("path")) and Path(w["path"]).expanduser().resolve() == Path(files.ckpt_path).resolve()
+    except OSError:
+        return False
+
+
+def plan_continue(parent: RunInfo, overrides: dict[str, Any] | None = None, *, resize: str | None = None,
+                  config_file: str | Path | None = None, weights_dir: Path | None = None,
+                  download: bool = True) -> Plan:
+    """Check everything that can be checked without loading models; raise a one-line VqclipError otherwise."""
+    if resize is not None and resize not in RESIZE_MODES:
+        raise UsageError(f"--resize {resize!r}: use crop, pad or stretch")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    done, planned = parent.details.get("steps_done"), parent.details.get("steps_planned")
+    finish = (parent.status == "interrupted" and "steps" not in overrides and isinstance(done, int)
+              and isinstance(planned, int) and planned > done)
+    if finish:  # an interrupted run without --steps: finish it (same bytes as had it not been interrupted)
+        overrides["steps"] = planned - done
+    cfg, notes = inherit_config(parent, overrides, config_file)
+    plan = Plan(parent, cfg, "state", None, resize, notes)
+    if finish:
+        plan.notes.append(f"{parent.id} was interrupted after {done} of {planned} steps; doing the {cfg.steps} "
+                          "left (pass --steps to choose)")
+
+    # A different VQGAN: its latent space has nothing to do with the parent's.
+    parent_model = str((parent.details.get("config") or {}).get("model", ""))
+    if cfg.model != parent_model:
+        from vqclip.weights import resolve_model
+
+        files = resolve_model(cfg.model, weights_dir=weights_dir, download=download)
+        if not _same_weights(parent, files):
+            if resize != "stretch":
+                raise VqclipError(
+                    f"{parent.id} was made with VQGAN {parent_model!r}, not {cfg.model!r}: their latent spaces "
+                    "differ, so its saved latent means nothing to the new model; leave --model out, or pass "
+                    "--resize stretch to re-encode its output.png with the new model")
+            plan.notes.append(f"new VQGAN {cfg.model}: re-encoding {parent.id}/output.png with it")
+
+    if resize == "stretch":
+        plan.start = "stretch"
+    if parent.has_state:
+        try:
+            plan.state = load_state(parent.path / STATE)
+        except BadRun as e:
+            if not parent.image.is_file():
+                raise BadRun(f"{e.message}, and there is no {IMAGE} to re-encode; start anew with "
+                             "`vqclip generate`") from None
+            plan.notes.append(f"{e.message}; continuing from {IMAGE} by re-encoding it (the optimizer and "
+                              "random stream restart, so this differs from one long run)")
+            plan.start = "output.png" if plan.start == "state" else plan.start
+    elif plan.start == "state":
+        if not parent.image.is_file():
+            raise BadRun(f"{parent.path} has neither {STATE} nor {IMAGE}; nothing to continue from — start anew "
+                         "with `vqclip generate`")
+        plan.start = "output.png"
+        plan.notes.append(f"{parent.id} has no {STATE} (an older, foreign or failed run): continuing from "
+                          f"{IMAGE} by re-encoding it; the optimizer and random stream restart")
+    if plan.start == "stretch" and not parent.image.is_file():
+        raise BadRun(f"{parent.path} has no {IMAGE} to stretch; drop --resize stretch")
+
+    parent_seed = parent.details.get("seed")
+    if "seed" in overrides and parent_seed is not None and overrides["seed"] != parent_seed:
+        plan.reseed = True
+        plan.notes.append(f"--seed {cfg.seed}: the random stream restarts from this seed (the parent used "
+                          f"{parent_seed})")
+    if plan.state is not None and plan.start == "state":
+        old_opt = plan.state.get("optimizer")
+        if old_opt and old_opt != cfg.optimizer:
+            plan.notes.append(f"optimizer {old_opt} → {cfg.optimizer}: it starts fresh")
+        # Validate explicit crop/pad early, when the factor is known from the parent (same model).
+        size = parent.details.get("size")
+        if isinstance(size, list) and len(size) == 2 and size[0] and plan.state["z"].shape[-1]:
+            factor = int(size[0]) // int(plan.state["z"].shape[-1])
+            if factor > 0:
+                new = (cfg.height // factor, cfg.width // factor)
+                grid_change(tuple(plan.state["z"].shape[-2:]), new, resize)  # type: ignore[arg-type]
+    return plan
+
+
+def _encode(models: Any, image: Any, size: tuple[int, int]) -> Any:
+    from vqclip.engine import image_to_tensor
+
+    x = image_to_tensor(image, size, models.device)
+    return models.vqgan.encode(x * 2 - 1)
+
+
+def make_prepare(plan: Plan, reporter: Reporter) -> Any:
+    """The pipeline hook that turns the plan into the starting state once the models are loaded."""
+
+    def prepare(models: Any, settings: Any, state: dict[str, Any] | None, start_image: Any) -> dict[str, Any]:
+        import torch
+
+        f = models.vqgan.factor
+        new = (settings.height // f, settings.width // f)
+        if plan.start == "state":
+            assert state is not None
+            state = dict(state)
+            if state["z"].shape[1] != models.vqgan.spec.embed_dim:
+                raise VqclipError(f"{plan.parent.path / STATE} holds a {state['z'].shape[1]}-channel latent but "
+                                  f"this VQGAN has {models.vqgan.spec.embed_dim}; continue with the parent's "
+                                  "model, or pass --resize stretch")
+        else:
+            if plan.start == "stretch":
+                size, grid = (new[1] * f, new[0] * f), new
+            else:  # output.png at its own size, then cropped/padded like a state
+                grid = (max(1, start_image.height // f), max(1, start_image.width // f))
+                size = (grid[1] * f, grid[0] * f)
+            z = _encode(models, start_image, size).cpu()
+            state = {"z": z, "z_anchor": z.clone(), "step": plan.parent_step, "optimizer": None,
+                     "optimizer_state": None, "seed": settings.seed}
+            if plan.state is not None:  # stretch from a good state: keep the random stream going
+                for key in ("rng_cpu", "rng_noise"):
+                    if key in plan.state:
+                        state[key] = plan.state[key]
+        if plan.reseed:
+            state.pop("rng_cpu", None)
+            state.pop("rng_noise", None)
+        old = tuple(state["z"].shape[-2:])
+        if old != new:
+            how = grid_change(old, new, plan.resize)  # type: ignore[arg-type]
+            gen = torch.Generator().manual_seed(settings.seed)
+            fill = models.vqgan.random_latent(new[1], new[0], gen).cpu()
+            state["z"] = fit_grid(state["z"], fill)
+            state["z_anchor"] = fit_grid(state["z_anchor"], fill)
+            restarted = state.get("optimizer_state") is not None
+            state["optimizer_state"] = None
+            reporter.note(f"size {_fmt_size(old, f)} → {_fmt_size(new, f)}: token grid {how}"
+                          f"{' (from seed ' + str(settings.seed) + ')' if 'padded' in how else ''}"
+                          f"{'; the optimizer restarts (its moments belong to the old grid)' if restarted else ''}")
+        return state
+
+    return prepare
+
+
+def continue_request(plan: Plan, *, output_dir: Path, weights_dir: Path | None = None, download: bool = True,
+                     trusted: list[Path] | None = None, should_stop: Any = None,
+                     reporter: Reporter | None = None) -> RunRequest:
+    """The pipeline request for a planned continue (lineage fields set)."""
+    rep = reporter or Reporter()
+    start_image = None
+    if plan.start != "state":
+        from vqclip.pipeline import open_image
+
+        start_image = open_image(str(plan.parent.image), "parent image")[0]
+    details = {"continue": {"from": plan.parent.id, "from_step": plan.parent_step, "start": plan.start,
+                            "resize": plan.resize}}
+    return RunRequest(config=plan.config, output_dir=output_dir, weights_dir=weights_dir, download=download,
+                      trusted=list(trusted or []), should_stop=should_stop, parent=plan.parent.id,
+                      root=plan.parent.root, stage=plan.parent.stage + 1,
+                      state=plan.state if plan.start == "state" else None, start_image=start_image,
+                      extra_details=details, prepare_state=make_prepare(plan, rep))
+
+
+def continue_run(parent: RunInfo, overrides: dict[str, Any] | None = None, *, resize: str | None = None,
+                 config_file: str | Path | None = None, output_dir: Path | None = None,
+                 weights_dir: Path | None = None, download: bool = True, trusted: list[Path] | None = None,
+                 should_stop: Any = None, reporter: Reporter | None = None) -> RunOutcome:
+    """Plan, then run, one continue. The child goes to `output_dir`, by default beside its parent."""
+    from vqclip.pipeline import execute
+
+    rep = reporter or Reporter()
+    plan = plan_continue(parent, overrides, resize=resize, config_file=config_file, weights_dir=weights_dir,
+                         download=download)
+    for note in plan.notes:
+        rep.note(note)
+    req = continue_request(plan, output_dir=output_dir or parent.path.parent, weights_dir=weights_dir,
+                           download=download, trusted=trusted, should_stop=should_stop, reporter=rep)
+    return execute(req, rep)
+
+
+# ------------------------------------------------------------------------------------------------ chains
+
+
+def _frames(path: Path) -> Any:
+    import imageio.v2 as imageio
+    import numpy as np
+
+    reader = imageio.get_reader(str(path), format="FFMPEG")
+    try:
+        for frame in reader:
+            yield np.asarray(frame, dtype=np.uint8)
+    finally:
+        reader.close()
+
+
+def combine_videos(sources: list[Path], dest: Path, fps: int) -> Path | None:
+    """The chain's videos as one: the first frame of every later stage is dropped (it repeats the previous
+    stage's last frame); frames of other sizes are centred on a black canvas of the largest size."""
+    import imageio.v2 as imageio
+    import numpy as np
+
+    from vqclip.video import VideoWriter, concat_videos
+
+    sizes = []
+    for src in sources:
+        meta = imageio.get_reader(str(src), format="FFMPEG")
+        try:
+            sizes.append(tuple(meta.get_meta_data()["size"]))  # (w, h)
+        finally:
+            meta.close()
+    if len(set(sizes)) == 1 and len(sources) == 1:
+        return concat_videos(sources, dest, fps)
+    cw, ch = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    cw, ch = cw - cw % 2, ch - ch % 2
+    writer = VideoWriter(dest, fps)
+    try:
+        for i, src in enumerate(sources):
+            for j, frame in enumerate(_frames(src)):
+                if i > 0 and j == 0:
+                    continue
+                h, w = frame.shape[:2]
+                if (w, h) != (cw, ch):
+                    canvas = np.zeros((ch, cw, 3), dtype=np.uint8)
+                    y, x = (ch - h) // 2, (cw - w) // 2
+                    canvas[y:y + h, x:x + w] = frame[:ch, :cw]
+                    frame = canvas
+                writer.append(frame)
+    except Exception as e:  # a broken stage video must not lose the runs themselves
+        writer.error = writer.error or f"{type(e).__name__}: {e}".splitlines()[0][:200]
+    return writer.close()
+
+
+def write_chain_video(outcomes: list[RunOutcome], fps: int) -> Path | None:
+    """Write `chain.mp4` into the last stage's folder and record it in that stage's details.json."""
+    sources = [o.path / VIDEO for o in outcomes if (o.path / VIDEO).is_file()]
+    if len(outcomes) < 2 or not sources:
+        return None
+    last = outcomes[-1].path
+    tmp = temp_path(last / CHAIN_VIDEO)
+    made = combine_videos(sources, tmp, fps)
+    if made is None:
+        return None
+    tmp.replace(last / CHAIN_VIDEO)
+    details = read_details(last)
+    details.setdefault("files", {})["chain_video"] = CHAIN_VIDEO
+    details["chain"] = [o.id for o in outcomes]
+    atomic_write_json(last / DETAILS, details)
+    return last / CHAIN_VIDEO
+
+
+def run_stages(cfg: RunConfig, then: list[str], stage_steps: int | None, *, output_dir: Path,
+               weights_dir: Path | None = None, download: bool = True, trusted: list[Path] | None = None,
+               quiet: bool = False) -> int:
+    """`generate PROMPT --then P2 --then P3 …`: stage 1 is the generate run (`--steps`), every later stage
+    continues the previous one with the next prompt (`--stage-steps`, default `--steps`). Prints as it goes and
+    returns the exit code (0, or 130 after Ctrl-C: the interrupted stage is saved, later stages are skipped)."""
+    from vqclip.cli import report_outcome
+    from vqclip.cli_common import err_console, out_console
+    from vqclip.cli_progress import RichReporter, StopOnInterrupt
+    from vqclip.pipeline import execute
+
+    if stage_steps is not None and stage_steps < 1:
+        raise UsageError("--stage-steps must be at least 1")
+    total = 1 + len(then)
+    outcomes: list[RunOutcome] = []
+    with StopOnInterrupt() as stop:
+        for i in range(total):
+            label = f"stage {i + 1}/{total}"
+            rep = RichReporter(quiet=quiet, label=label)
+            if i == 0:
+                out = execute(RunRequest(config=cfg, output_dir=output_dir, weights_dir=weights_dir,
+                                         download=download, trusted=list(trusted or []), should_stop=stop), rep)
+            else:
+                prev = outcomes[-1]
+                overrides: dict[str, Any] = {"prompt": then[i - 1]}
+                if stage_steps is not None:
+                    overrides["steps"] = stage_steps
+                out = continue_run(RunInfo(prev.path, prev.details), overrides, output_dir=output_dir,
+                                   weights_dir=weights_dir, download=download, trusted=trusted,
+                                   should_stop=stop, reporter=rep)
+            outcomes.append(out)
+            err_console.print(f"[bold]{label}[/] {out.details['prompt']!r}", highlight=False)
+            report_outcome(out)
+            if out.status == "interrupted":
+                break
+    video = write_chain_video(outcomes, cfg.fps)
+    if video is not None:
+        out_console.print(f"Chain video ({len(outcomes)} stages): {video}")
+    if outcomes[-1].status == "interrupted":
+        skipped = total - len(outcomes)
+        err_console.print(f"Interrupted: stage {len(outcomes)} was saved{f', {skipped} later stage(s) skipped' if skipped else ''}; "
+                          f"`vqclip continue {outcomes[-1].id}` picks it up.")
+        return 130
+    return 0
