@@ -149,7 +149,7 @@ def download(
     weights_dir: Optional[Path] = WEIGHTS_DIR,
     cache: bool = typer.Option(True, "--cache/--no-cache",
                                help="After the download, cache the VQGAN tensors as safetensors (faster loads)."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for a server before giving up."),
+    timeout: float = typer.Option(W.TIMEOUT, "--timeout", help="Seconds to wait for a server before giving up."),
 ) -> None:
     """Download VQGAN checkpoints (verified, resumable) or pre-fetch CLIP weights.
 

@@ -169,6 +169,9 @@ WEIGHTS: dict[str, WeightSpec] = {spec.name: spec for spec in _REGISTRY}
 MANIFEST_NAME = "manifest.json"
 USER_AGENT = f"vqclip/{__version__} (+urllib)"
 CHUNK = 1 << 20
+TIMEOUT = 30.0  # seconds without a byte before a connection counts as dead
+RETRIES = 3  # resumes per URL after a dropped connection
+RETRY_WAIT = 1.0  # seconds, times the attempt number
 
 # Manifest statuses, shown by `vqclip weights list`.
 VERIFIED = "verified"  # sha256 matches the registry
@@ -364,28 +367,32 @@ def fetch_to_part(url: str, part: Path, *, size: int | None, timeout: float,
 def _stream(url: str, resp: Any, part: Path, offset: int, total: int | None, ctype: str,
             on_bytes: Callable[[int], None]) -> None:
     written = offset
-    try:
-        first = resp.read(CHUNK)
-        if looks_like_html(first if offset == 0 else b"", ctype):
-            raise DownloadError(url, "served an HTML page instead of the file (dead link or login page)")
-        with open(part, "ab" if offset else "wb") as fh:
-            block = first
-            while block:
-                fh.write(block)
-                written += len(block)
-                on_bytes(len(block))
-                block = resp.read(CHUNK)
-    except (http.client.HTTPException, OSError) as e:
-        raise DownloadError(url, f"connection lost after {written} bytes ({type(e).__name__})",
-                            network=True, resumable=written > 0) from None
+    first = _read(url, resp, written)
+    if looks_like_html(first if offset == 0 else b"", ctype):
+        raise DownloadError(url, "served an HTML page instead of the file (dead link or login page)")
+    with open(part, "ab" if offset else "wb") as fh:  # local errors (disk full…) propagate as themselves
+        block = first
+        while block:
+            fh.write(block)
+            written += len(block)
+            on_bytes(len(block))
+            block = _read(url, resp, written)
     if total is not None and written < total:
         raise DownloadError(url, f"connection closed after {written} of {total} bytes", network=True,
                             resumable=True)
 
 
+def _read(url: str, resp: Any, written: int) -> bytes:
+    try:
+        return resp.read(CHUNK)
+    except (http.client.HTTPException, OSError) as e:
+        raise DownloadError(url, f"connection lost after {written} bytes ({type(e).__name__})",
+                            network=True, resumable=written > 0) from None
+
+
 def download_file(urls: Iterable[str], dest: Path, *, size: int | None, sha256: str | None,
-                  console: Console | None = None, label: str | None = None, timeout: float = 30.0,
-                  retries: int = 3, retry_wait: float = 1.0) -> tuple[str, str]:
+                  console: Console | None = None, label: str | None = None, timeout: float | None = None,
+                  retries: int | None = None, retry_wait: float | None = None) -> tuple[str, str]:
     """Download `dest` from the first URL that yields the right bytes; return (sha256, url).
 
     Writes `dest.part`, resumes it with Range requests after a dropped connection (up to `retries` times per
@@ -395,6 +402,9 @@ def download_file(urls: Iterable[str], dest: Path, *, size: int | None, sha256: 
     part = part_path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     _check_free_space(dest, size)
+    timeout = TIMEOUT if timeout is None else timeout
+    retries = RETRIES if retries is None else retries
+    retry_wait = RETRY_WAIT if retry_wait is None else retry_wait
     failures: list[DownloadError] = []
     for url in urls:
         try:
@@ -515,7 +525,7 @@ def validate_yaml(path: Path, source: str | None = None) -> None:
         raise VqclipError(f"{where} is not a taming VQGAN config: no model.params.ddconfig{hint}")
 
 
-def ensure_yaml(spec: WeightSpec, folder: Path, *, download: bool, timeout: float = 30.0) -> Path:
+def ensure_yaml(spec: WeightSpec, folder: Path, *, download: bool, timeout: float = TIMEOUT) -> Path:
     """The yaml of a registry model: the packaged copy, else `folder/NAME.yaml`, fetched and validated."""
     shipped = packaged_yaml(spec.name)
     if shipped is not None:
@@ -523,6 +533,7 @@ def ensure_yaml(spec: WeightSpec, folder: Path, *, download: bool, timeout: floa
     dest = folder / f"{spec.name}.yaml"
     if dest.is_file():
         return dest
+    folder.mkdir(parents=True, exist_ok=True)
     if not download or not spec.yaml_urls:
         raise WeightsMissing(f"{dest} is missing; run `vqclip weights download {spec.name}`"
                              + (f" (from {spec.yaml_urls[0]})" if spec.yaml_urls else ""))
@@ -598,11 +609,11 @@ def check_installed(spec: WeightSpec, ckpt: Path, folder: Path, console: Console
 
 
 def install_registry_model(spec: WeightSpec, folder: Path, *, download: bool = True,
-                           console: Console | None = None, timeout: float = 30.0, retries: int = 3,
-                           retry_wait: float = 1.0) -> ModelFiles:
+                           console: Console | None = None, timeout: float | None = None,
+                           retries: int | None = None, retry_wait: float | None = None) -> ModelFiles:
     """Make sure `spec`'s checkpoint is in `folder` and good: reuse, re-download a corrupt one, or fetch it."""
     ckpt = folder / f"{spec.name}.ckpt"
-    yaml_path = ensure_yaml(spec, folder, download=download, timeout=timeout)
+    yaml_path = ensure_yaml(spec, folder, download=download, timeout=TIMEOUT if timeout is None else timeout)
     if ckpt.is_file():
         good, got = check_installed(spec, ckpt, folder, console)
         if good:
@@ -630,7 +641,7 @@ def install_registry_model(spec: WeightSpec, folder: Path, *, download: bool = T
 
 def _say(console: Console | None, text: str) -> None:
     if console is not None:
-        console.print(text, markup=False, highlight=False)
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _custom_files(name: str, yaml_path: Path, folder: Path, console: Console | None) -> ModelFiles:
@@ -677,7 +688,7 @@ def _path_files(text: str, folder: Path, console: Console | None) -> ModelFiles:
 
 def resolve_model(name_or_path: str, *, weights_dir: str | Path | None = None, download: bool = True,
                   console: Console | None = None, registry: Mapping[str, WeightSpec] | None = None,
-                  timeout: float = 30.0) -> ModelFiles:
+                  timeout: float | None = None) -> ModelFiles:
     """Registry name, custom name (NAME.yaml + NAME.ckpt in the weights folder) or a .yaml/.ckpt path → files.
 
     A registry model that is missing is downloaded (with a line saying what and how big) unless
