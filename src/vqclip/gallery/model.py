@@ -158,7 +158,8 @@ def input_images(declared: list[str], names: set[str]) -> list[dict[str, str]]:
 
 
 def lineage_strips(cards: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """For each run in a `continue` chain: ancestors (via `parent`, as runs.lineage walks) → run → children.
+    """For each run in a `continue` chain: ancestors (via `parent`, as runs.lineage walks) → run → descendants
+    (followed while the chain is linear; where it forks, all children are listed and the walk stops).
 
     Walks the in-memory index instead of calling `runs.lineage`, which re-reads each ancestor's details.json
     from disk: at 2,000 runs that would undo the incremental cache. Missing or looping parents end the walk.
@@ -168,10 +169,11 @@ def lineage_strips(cards: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]
     for c in cards:
         if c["parent"] in by_id:
             children.setdefault(c["parent"], []).append(c["id"])
+    for kids in children.values():
+        kids.sort()
     strips: dict[str, list[dict[str, Any]]] = {}
     for c in cards:
-        kids = sorted(children.get(c["id"], []))
-        if not c["parent"] and not kids:
+        if not c["parent"] and c["id"] not in children:
             continue
         chain = [c]
         seen = {c["id"]}
@@ -181,7 +183,11 @@ def lineage_strips(cards: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]
         missing_parent = bool(chain[0]["parent"]) and chain[0]["parent"] not in by_id
         offset = (chain[0]["stage"] or 1) - 1 if missing_parent else 0
         strip = [{"id": r["id"], "stage": r["stage"] or i + 1 + offset} for i, r in enumerate(chain)]
-        stage = strip[-1]["stage"]
-        strip += [{"id": k, "stage": by_id[k]["stage"] or stage + 1} for k in kids if k not in seen]
+        kids = [k for k in children.get(c["id"], []) if k not in seen]
+        while kids:
+            stage = strip[-1]["stage"]
+            strip += [{"id": k, "stage": by_id[k]["stage"] or stage + 1} for k in kids]
+            seen.update(kids)
+            kids = [k for k in children.get(kids[0], []) if k not in seen] if len(kids) == 1 else []
         strips[c["id"]] = strip
     return strips

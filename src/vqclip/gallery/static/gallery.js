@@ -177,6 +177,7 @@
   var frag = document.createDocumentFragment();
   runs.forEach(function (r) {
     if (!r || typeof r !== "object" || !SAFE.test(str(r.id))) return;
+    if (kiosk && !(r.image === true && Array.isArray(r.thumb))) return; // a display screen shows pictures
     var card = cardFor(r);
     frag.appendChild(card);
     items.push({
