@@ -274,7 +274,9 @@ def test_cli_build_prints_a_summary(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["gallery", "build", "--output-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
-    assert "7 runs" in out and "4 skipped" in out and "3 corrupt details.json" in out and "1 no details.json" in out
+    assert "7 runs" in out and "4 skipped" in out
+    assert "skipped 3 × corrupt details.json" in out and "skipped 1 × no details.json" in out
+    assert "no thumbnail 1 × no output.png" in out and "no thumbnail 1 × unreadable output.png" in out
     assert "5 made, 0 reused" in out and "file://" in out and "index.html" in out
 
 
@@ -316,3 +318,12 @@ def test_installed_script_builds_without_importing_torch(tmp_path: Path) -> None
                           text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
     assert "1 run" in done.stdout and "0 made, 1 reused" in done.stdout
+
+
+def test_cli_open_opens_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url))
+    make_run(tmp_path, 1)
+    result = CliRunner().invoke(app, ["gallery", "build", "-o", str(tmp_path), "--open"])
+    assert result.exit_code == 0, result.output
+    assert opened == [(tmp_path / "index.html").resolve().as_uri()]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from vqclip.cli_common import CONTEXT, handle_errors, out_console
 
@@ -34,16 +35,15 @@ def build(
     from vqclip.gallery import build_gallery
 
     report = build_gallery(output_dir, out, kiosk=kiosk)
-    parts = [f"[bold]{report.runs:,}[/] run{'' if report.runs == 1 else 's'}"]
+    summary = f"Gallery: [bold]{report.runs:,}[/] run{'' if report.runs == 1 else 's'}"
     if report.skipped:
-        reasons = ", ".join(f"{n:,} {why}" for why, n in report.skipped.most_common())
-        parts.append(f"[yellow]{sum(report.skipped.values()):,} skipped[/] ({reasons})")
-    out_console.print("Gallery: " + " · ".join(parts))
-    if report.warnings:
-        shown = ", ".join(f"{n:,} {why}" for why, n in report.warnings.most_common())
-        out_console.print(f"[yellow]Shown without a thumbnail:[/] {shown}", markup=True)
-    for why, where in report.examples.items():
-        out_console.print(f"  [dim]{why}: e.g. {where}[/]", markup=True, highlight=False)
+        summary += f" · [yellow]{sum(report.skipped.values()):,} skipped[/]"
+    out_console.print(summary, markup=True)
+    for label, counts in (("skipped", report.skipped), ("no thumbnail", report.warnings)):
+        for why, n in counts.most_common():
+            example = escape(report.examples.get(why, ""))
+            out_console.print(f"  [yellow]{label}[/] {n:,} × {why} [dim](e.g. {example})[/]", markup=True,
+                              highlight=False)
     thumbs = f"{report.thumbs_made:,} made, {report.thumbs_reused:,} reused"
     if report.thumbs_removed:
         thumbs += f", {report.thumbs_removed:,} removed"
