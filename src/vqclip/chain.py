@@ -260,6 +260,8 @@ def make_prepare(plan: Plan, reporter: Reporter) -> Any:
         else:
             if plan.start == "stretch":
                 size, grid = (new[1] * f, new[0] * f), new
+                reporter.note(f"stretch: {plan.parent.id}/{IMAGE} resized to {size[0]}x{size[1]} and re-encoded; "
+                              "the optimizer restarts")
             else:  # output.png at its own size, then cropped/padded like a state
                 grid = (max(1, start_image.height // f), max(1, start_image.width // f))
                 size = (grid[1] * f, grid[0] * f)
@@ -402,6 +404,8 @@ def run_stages(cfg: RunConfig, then: list[str], stage_steps: int | None, *, outp
     """`generate PROMPT --then P2 --then P3 …`: stage 1 is the generate run (`--steps`), every later stage
     continues the previous one with the next prompt (`--stage-steps`, default `--steps`). Prints as it goes and
     returns the exit code (0, or 130 after Ctrl-C: the interrupted stage is saved, later stages are skipped)."""
+    from rich.markup import escape
+
     from vqclip.cli import report_outcome
     from vqclip.cli_common import err_console, out_console
     from vqclip.cli_progress import RichReporter, StopOnInterrupt
@@ -415,6 +419,7 @@ def run_stages(cfg: RunConfig, then: list[str], stage_steps: int | None, *, outp
         for i in range(total):
             label = f"stage {i + 1}/{total}"
             rep = RichReporter(quiet=quiet, label=label)
+            err_console.print(f"[bold]{label}:[/] {escape(cfg.prompt if i == 0 else then[i - 1])}", highlight=False)
             if i == 0:
                 out = execute(RunRequest(config=cfg, output_dir=output_dir, weights_dir=weights_dir,
                                          download=download, trusted=list(trusted or []), should_stop=stop), rep)
@@ -427,7 +432,6 @@ def run_stages(cfg: RunConfig, then: list[str], stage_steps: int | None, *, outp
                                    weights_dir=weights_dir, download=download, trusted=trusted,
                                    should_stop=stop, reporter=rep)
             outcomes.append(out)
-            err_console.print(f"[bold]{label}[/] {out.details['prompt']!r}", highlight=False)
             report_outcome(out)
             if out.status == "interrupted":
                 break
