@@ -253,51 +253,55 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
         folder.discard()
         raise
 
-    video_path = video.close()
-    if video.error:
-        rep.note(f"no progress video ({video.error})")
-    image = result.image
-    folder.file(IMAGE).write_bytes(png_bytes(image, image_parameters(cfg, seed, result.global_step,
-                                                                     (width, height))))
-    state_tmp = temp_path(folder.file(STATE))
-    torch.save(session.state_dict(), state_tmp)
-    state_tmp.replace(folder.file(STATE))
-    steps_timed = result.step_seconds[1:] or result.step_seconds
-    details = {
-        "schema": 1,
-        "id": folder.id,
-        "created": req.extra_details.pop("created", None) or now_iso(),
-        "finished": now_iso(),
-        "status": status,
-        "error": error,
-        "prompt": cfg.prompt,
-        "config": cfg.model_dump(mode="json"),
-        "seed": seed,
-        "size": [width, height],
-        "steps_done": result.steps_done,
-        "steps_planned": cfg.steps,
-        "global_step": result.global_step,
-        "losses": [round(x, 6) for x in result.losses],
-        "timings": {
-            "load_s": round(load_s, 3),
-            "run_s": round(run_s, 3),
-            "total_s": round(time.perf_counter() - t_start, 3),
-            "per_step_s": round(sorted(steps_timed)[len(steps_timed) // 2], 4) if steps_timed else None,
-        },
-        "device": str(device),
-        "precision": str(settings.autocast_dtype).replace("torch.", "") if settings.autocast_dtype else "fp32",
-        "versions": versions(),
-        "weights": {"name": files.name, "sha256": files.sha256, "source": files.source,
-                    "path": str(files.ckpt_path)},
-        "clip": {"model": models.clip.name, "pretrained": cfg.clip_pretrained},
-        "parent": req.parent,
-        "root": req.root or folder.id,
-        "stage": req.stage,
-        "files": {"image": IMAGE, "video": VIDEO if video_path else None, "state": STATE, **input_files},
-    }
-    details.update(req.extra_details)
-    folder.write_details(details)
-    path = folder.commit()
+    try:  # finishing touches; any failure here still leaves no half-written run folder
+        video_path = video.close()
+        if video.error:
+            rep.note(f"no progress video ({video.error})")
+        image = result.image
+        folder.file(IMAGE).write_bytes(png_bytes(image, image_parameters(cfg, seed, result.global_step,
+                                                                         (width, height))))
+        state_tmp = temp_path(folder.file(STATE))
+        torch.save(session.state_dict(), state_tmp)
+        state_tmp.replace(folder.file(STATE))
+        steps_timed = result.step_seconds[1:] or result.step_seconds
+        details = {
+            "schema": 1,
+            "id": folder.id,
+            "created": req.extra_details.pop("created", None) or now_iso(),
+            "finished": now_iso(),
+            "status": status,
+            "error": error,
+            "prompt": cfg.prompt,
+            "config": cfg.model_dump(mode="json"),
+            "seed": seed,
+            "size": [width, height],
+            "steps_done": result.steps_done,
+            "steps_planned": cfg.steps,
+            "global_step": result.global_step,
+            "losses": [round(x, 6) for x in result.losses],
+            "timings": {
+                "load_s": round(load_s, 3),
+                "run_s": round(run_s, 3),
+                "total_s": round(time.perf_counter() - t_start, 3),
+                "per_step_s": round(sorted(steps_timed)[len(steps_timed) // 2], 4) if steps_timed else None,
+            },
+            "device": str(device),
+            "precision": str(settings.autocast_dtype).replace("torch.", "") if settings.autocast_dtype else "fp32",
+            "versions": versions(),
+            "weights": {"name": files.name, "sha256": files.sha256, "source": files.source,
+                        "path": str(files.ckpt_path)},
+            "clip": {"model": models.clip.name, "pretrained": cfg.clip_pretrained},
+            "parent": req.parent,
+            "root": req.root or folder.id,
+            "stage": req.stage,
+            "files": {"image": IMAGE, "video": VIDEO if video_path else None, "state": STATE, **input_files},
+        }
+        details.update(req.extra_details)
+        folder.write_details(details)
+        path = folder.commit()
+    except BaseException:
+        folder.discard()
+        raise
     return RunOutcome(folder.id, path, status, result.steps_done, result.global_step, details)
 
 
