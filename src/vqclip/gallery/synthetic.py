@@ -74,7 +74,7 @@ def make_run(output_dir: Path, i: int, image: bytes | None = None, **overrides: 
     return folder
 
 
-def make_runs(output_dir: Path, n: int, size: int = 64, distinct: int = 32) -> list[Path]:
+def make_runs(output_dir: Path, n: int, size: int = 64, distinct: int = 32, **overrides: Any) -> list[Path]:
     """`n` runs; images cycle through `distinct` generated PNGs (generating 2,000 would dominate a benchmark)."""
     images = [png_bytes(k, size) for k in range(min(n, distinct))]
-    return [make_run(output_dir, i, images[i % len(images)]) for i in range(n)]
+    return [make_run(output_dir, i, images[i % len(images)], **overrides) for i in range(n)]

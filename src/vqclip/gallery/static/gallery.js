@@ -172,23 +172,45 @@
     return card;
   }
 
-  // Render every card once; filtering only toggles `hidden` (fast at 2,000 cards).
+  // Cards are created once: the first screenfuls at once, the rest in small batches between frames, so a
+  // 2,000-run page paints at once and stays responsive. Filtering only toggles `hidden` (`it.ok` remembers
+  // the verdict for cards not created yet).
+  var FIRST = 48, BATCH = 150;
   var items = [];
-  var frag = document.createDocumentFragment();
+  var byId = {};
   runs.forEach(function (r) {
     if (!r || typeof r !== "object" || !SAFE.test(str(r.id))) return;
     if (kiosk && !(r.image === true && Array.isArray(r.thumb))) return; // a display screen shows pictures
-    var card = cardFor(r);
-    frag.appendChild(card);
-    items.push({
+    var it = {
       run: r,
-      card: card,
+      card: null,
+      ok: true,
+      index: items.length,
       hay: [str(r.prompt), str(r.model), str(r.id), str(r.seed), str(r.status), str(r.date)].join(" \u0000 ").toLowerCase(),
-    });
+    };
+    items.push(it);
+    byId[r.id] = it;
   });
-  grid.appendChild(frag);
-  var byId = {};
-  items.forEach(function (it, i) { it.index = i; byId[it.run.id] = it; });
+  var rendered = 0;
+  function renderUpTo(n) {
+    var frag = document.createDocumentFragment();
+    for (; rendered < Math.min(n, items.length); rendered++) {
+      var it = items[rendered];
+      it.card = cardFor(it.run);
+      it.card.hidden = !it.ok;
+      frag.appendChild(it.card);
+    }
+    grid.appendChild(frag);
+  }
+  function renderRest() {
+    renderUpTo(rendered + BATCH);
+    if (rendered < items.length) setTimeout(renderRest, 0);
+    else document.documentElement.dataset.rendered = "all";
+  }
+  function card(it) { // the card of an item, creating every card before it if needed
+    if (!it.card) renderUpTo(it.index + 1);
+    return it.card;
+  }
 
   // Filters
   var q = document.getElementById("q");
@@ -206,7 +228,8 @@
       var it = items[i];
       var ok = (!m || it.run.model === m) && (!statusValue || it.run.status === statusValue);
       for (var j = 0; ok && j < words.length; j++) ok = it.hay.indexOf(words[j]) !== -1;
-      if (it.card.hidden === ok) it.card.hidden = !ok;
+      it.ok = ok;
+      if (it.card && it.card.hidden === ok) it.card.hidden = !ok;
       if (ok) shown++;
     }
     if (count) {
@@ -308,13 +331,13 @@
     box.hidden = true;
     boxImg.removeAttribute("src");
     document.body.style.overflow = "";
-    if (current) current.card.scrollIntoView({ block: "nearest" });
+    if (current) card(current).scrollIntoView({ block: "nearest" });
     current = null;
   }
   function step(dir) {
     if (!current) return;
     for (var i = current.index + dir; i >= 0 && i < items.length; i += dir) {
-      if (!items[i].card.hidden && items[i].run.image === true) { openBox(items[i]); return; }
+      if (items[i].ok && items[i].run.image === true) { openBox(items[i]); return; }
     }
   }
   box.querySelector(".lb-close").addEventListener("click", closeBox);
@@ -340,12 +363,15 @@
     if (hash.indexOf("#run-") !== 0) return;
     var it = byId[hash.slice(5)];
     if (!it) return;
-    if (it.card.hidden) reset();
-    it.card.scrollIntoView({ block: "center" });
-    it.card.classList.add("flash");
-    setTimeout(function () { it.card.classList.remove("flash"); }, 1600);
+    if (!it.ok) reset();
+    var target = card(it);
+    target.scrollIntoView({ block: "center" });
+    target.classList.add("flash");
+    setTimeout(function () { target.classList.remove("flash"); }, 1600);
   }
   window.addEventListener("hashchange", reveal);
   apply();
+  renderUpTo(FIRST);
   reveal();
+  setTimeout(renderRest, 0);
 })();
