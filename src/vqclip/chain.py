@@ -259,12 +259,11 @@ def make_prepare(plan: Plan, reporter: Reporter) -> Any:
                                   "model, or pass --resize stretch")
         else:
             if plan.start == "stretch":
-                size, grid = (new[1] * f, new[0] * f), new
+                size = (new[1] * f, new[0] * f)
                 reporter.note(f"stretch: {plan.parent.id}/{IMAGE} resized to {size[0]}x{size[1]} and re-encoded; "
                               "the optimizer restarts")
             else:  # output.png at its own size, then cropped/padded like a state
-                grid = (max(1, start_image.height // f), max(1, start_image.width // f))
-                size = (grid[1] * f, grid[0] * f)
+                size = (max(1, start_image.width // f) * f, max(1, start_image.height // f) * f)
             z = _encode(models, start_image, size).cpu()
             state = {"z": z, "z_anchor": z.clone(), "step": plan.parent_step, "optimizer": None,
                      "optimizer_state": None, "seed": settings.seed}
