@@ -58,10 +58,11 @@ def continue_run(
 ) -> None:
     """Continue a run from its saved latent, optimizer and random state, as a new run folder linked to it.
 
-    Whatever is not given is inherited from RUN's details.json (prompt, size, seed, model, lr, …). With the same
-    settings, `generate --steps 100` then `continue --steps 50` gives the same output.png as `generate --steps
-    150`. A new --size crops or pads the token grid (see --resize); an interrupted RUN finishes its planned steps
-    unless --steps is given; a RUN without state.pt is re-encoded from its output.png.
+    Whatever is not given is inherited from RUN's details.json (prompt, size, seed, model, lr, …).
+
+    Exact: `generate --steps 100` then `continue --steps 50` gives the same output.png as `generate --steps 150`.
+
+    A new --size crops or pads the token grid (see --resize). An interrupted RUN finishes its planned steps unless --steps is given. A RUN without state.pt is re-encoded from its output.png, with a notice.
 
     Example (the four seasons, one stage at a time):
 
