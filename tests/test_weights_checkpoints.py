@@ -49,7 +49,7 @@ def test_code_running_checkpoint_is_refused_without_running_it(tmp_path: Path, f
     path = tmp_path / "evil.ckpt"
     obj = {"state_dict": {"w": torch.zeros(1)}, "payload": RunsShell(marker)}
     if fmt == "raw-pickle":
-        path.write_bytes(pickle.dumps(obj))
+        path.write_bytes(pickle.dumps(obj, protocol=2))
     else:
         torch.save(obj, path, _use_new_zipfile_serialization=fmt == "zip")
     with pytest.raises(UnsafeCheckpoint) as err:

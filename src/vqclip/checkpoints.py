@@ -94,14 +94,22 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
         with torch.serialization.safe_globals(extra):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsafeCheckpoint(
-            f"{path} cannot be loaded safely ({first}); if you trust this file, pass --trust-checkpoint {path}"
+            f"{path} cannot be loaded safely ({_refusal(e)}); if you trust this file, pass --trust-checkpoint {path}"
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsafeCheckpoint(f"{path} is not a readable PyTorch checkpoint ({first}); re-download it") from None
     return _unwrap(obj, path)
+
+
+def _refusal(e: Exception) -> str:
+    """The useful line of torch's weights-only refusal (its first line is a long generic preamble)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = next((ln for ln in lines if ln.startswith(("WeightsUnpickler error", "Unsupported"))), None)
+    if useful:
+        return useful.removeprefix("WeightsUnpickler error:").strip()[:160]
+    return "the weights-only unpickler refused it"
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Any]:

@@ -237,7 +237,9 @@ def verify(
         out_console.print(f"Nothing installed in {folder}; nothing to verify.", markup=False, highlight=False)
         return
     results = [W.verify_model(name, folder, console=err_console) for name in targets]
-    table = Table(title="Verification", title_justify="left")
+    from rich import box
+
+    table = Table(title="Verification", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("Name", style="bold", no_wrap=True)
     table.add_column("Result", no_wrap=True)
     table.add_column("Detail")

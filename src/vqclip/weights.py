@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -315,6 +316,12 @@ def _progress(console: Console) -> Any:
                     TimeRemainingColumn(), console=console, transient=False)
 
 
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 def looks_like_html(head: bytes, content_type: str = "") -> bool:
     """A login page, a 'file not found' page or a host's download interstitial instead of the file."""
     if "text/html" in content_type.lower():
@@ -406,14 +413,17 @@ def download_file(urls: Iterable[str], dest: Path, *, size: int | None, sha256: 
     retries = RETRIES if retries is None else retries
     retry_wait = RETRY_WAIT if retry_wait is None else retry_wait
     failures: list[DownloadError] = []
-    for url in urls:
+    urls = list(urls)
+    for i, url in enumerate(urls):
         try:
             got = _download_one(url, part, size=size, sha256=sha256, console=console,
                                 label=label or dest.name, timeout=timeout, retries=retries, retry_wait=retry_wait)
         except DownloadError as e:
             failures.append(e)
             if console is not None:
-                console.print(f"[yellow]![/] {e.url}: {e.reason}", markup=True, highlight=False)
+                more = "; trying the next mirror" if i + 1 < len(urls) else ""
+                console.print(f"[yellow]![/] {e.url}: {escape(e.reason)}{more}", markup=True, highlight=False,
+                              soft_wrap=True)
             continue
         os.replace(part, dest)
         return got, url
@@ -463,24 +473,34 @@ def _check_part(url: str, part: Path, *, size: int | None, sha256: str | None) -
 
 def _fetch_with_progress(url: str, part: Path, *, size: int | None, timeout: float, console: Console | None,
                          label: str) -> None:
+    """`fetch_to_part` with a Rich bar (bytes, rate, ETA) that appears once the server has answered."""
     if console is None:
         fetch_to_part(url, part, size=size, timeout=timeout, on_start=lambda o, t: None, on_bytes=lambda n: None)
         return
-    with _progress(console) as progress:
-        task = progress.add_task(label, total=size)
+    progress = _progress(console)
+    task = progress.add_task(label, total=size, start=False)
+    started = False
 
-        def start(offset: int, total: int | None) -> None:
-            progress.update(task, completed=offset, total=total)
+    def start(offset: int, total: int | None) -> None:
+        nonlocal started
+        progress.update(task, completed=offset, total=total)
+        progress.start_task(task)
+        progress.start()
+        started = True
 
-        try:
-            fetch_to_part(url, part, size=size, timeout=timeout, on_start=start,
-                          on_bytes=lambda n: progress.advance(task, n))
-        except KeyboardInterrupt:
+    try:
+        fetch_to_part(url, part, size=size, timeout=timeout, on_start=start,
+                      on_bytes=lambda n: progress.advance(task, n))
+    except KeyboardInterrupt:
+        if started:
             progress.stop()
-            kept = part.stat().st_size if part.exists() else 0
-            console.print(f"Download paused: {human_size(kept)} kept in {part}; run the same command to resume.",
-                          markup=False, highlight=False)
-            raise
+        kept = part.stat().st_size if part.exists() else 0
+        console.print(f"Download paused: {human_size(kept)} kept in {part}; run the same command to resume.",
+                      markup=False, highlight=False, soft_wrap=True)
+        raise
+    finally:
+        if started:  # stopping a bar that never started prints an empty line
+            progress.stop()
 
 
 def _check_free_space(dest: Path, size: int | None) -> None:
@@ -496,7 +516,7 @@ def _check_free_space(dest: Path, size: int | None) -> None:
 def _all_failed(label: str, dest: Path, failures: list[DownloadError]) -> WeightsMissing:
     first = failures[0].url if failures else "(no URL)"
     if failures and all(f.network and not f.resumable for f in failures):
-        return WeightsMissing(f"cannot download {label}: no connection ({failures[0].reason}); run "
+        return WeightsMissing(f"cannot download {label}: {failures[0].reason}; run "
                               f"`vqclip weights download {label}` when online, or save {first} as {dest}")
     detail = "; ".join(f"{f.url}: {f.reason}" for f in failures)
     kept = " (the partial file is kept; the same command resumes it)" if part_path(dest).exists() else ""
@@ -627,8 +647,9 @@ def install_registry_model(spec: WeightSpec, folder: Path, *, download: bool = T
         raise WeightsMissing(f"{spec.name} is not downloaded (expected {ckpt}); run `vqclip weights download "
                              f"{spec.name}` ({human_size(spec.display_size)} from {spec.url})")
     expected = expected_sha256(spec, folder)
-    _say(console, f"Downloading {spec.name} ({human_size(spec.display_size)}; {spec.architecture}) into "
-                  f"{folder} — first use only.")
+    host = urllib.parse.urlsplit(spec.url).hostname or spec.url
+    _say(console, f"Downloading {spec.name} ({human_size(spec.display_size)}) from {host} into {folder}; "
+                  "first use only.")
     got, url = download_file(spec.urls, ckpt, size=spec.size, sha256=expected, console=console, label=spec.name,
                              timeout=timeout, retries=retries, retry_wait=retry_wait)
     status = VERIFIED if spec.sha256 else TOFU
