@@ -248,7 +248,8 @@ def test_three_stage_chain_with_a_combined_video(tiny_models, tmp_path):
     import imageio.v2 as imageio
 
     out = tmp_path / "output"
-    r = invoke("generate", "Backyard in spring", "--then", "Backyard in summer", "--then", "Backyard in autumn",
+    # a story prompt ("a ^ b") and --then make one chain
+    r = invoke("generate", "Backyard in spring ^ Backyard in summer", "--then", "Backyard in autumn",
                "--stage-steps", "2", *tiny(tiny_models, out, "--steps", "2", "-q"))
     assert r.exit_code == 0, r.output
     runs = sorted(out.iterdir())

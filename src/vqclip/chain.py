@@ -401,8 +401,9 @@ def run_stages(cfg: RunConfig, then: list[str], stage_steps: int | None, *, outp
                weights_dir: Path | None = None, download: bool = True, trusted: list[Path] | None = None,
                quiet: bool = False) -> int:
     """`generate PROMPT --then P2 --then P3 …`: stage 1 is the generate run (`--steps`), every later stage
-    continues the previous one with the next prompt (`--stage-steps`, default `--steps`). Prints as it goes and
-    returns the exit code (0, or 130 after Ctrl-C: the interrupted stage is saved, later stages are skipped)."""
+    continues the previous one with the next prompt (`--stage-steps`, default `--steps`). A story prompt
+    `"a ^ b ^ c"` is the same as `"a" --then "b" --then "c"`. Prints as it goes and returns the exit code (0, or
+    130 after Ctrl-C: the interrupted stage is saved, later stages are skipped)."""
     from rich.markup import escape
 
     from vqclip.cli import report_outcome
@@ -410,8 +411,18 @@ def run_stages(cfg: RunConfig, then: list[str], stage_steps: int | None, *, outp
     from vqclip.cli_progress import RichReporter, StopOnInterrupt
     from vqclip.pipeline import execute
 
+    from vqclip.prompts import PromptError, parse_story
+
     if stage_steps is not None and stage_steps < 1:
         raise UsageError("--stage-steps must be at least 1")
+    try:
+        story = parse_story(cfg.prompt) if cfg.prompt else [cfg.prompt]
+    except PromptError as e:
+        raise VqclipError(str(e)) from None
+    if len(story) > 1:
+        cfg = cfg.model_copy(update={"prompt": story[0]})
+        RunConfig.model_validate(cfg.model_dump())  # each stage's prompt must parse on its own
+    then = [*story[1:], *then]
     total = 1 + len(then)
     outcomes: list[RunOutcome] = []
     with StopOnInterrupt() as stop:
