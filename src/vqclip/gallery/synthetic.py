@@ -27,9 +27,11 @@ def png_bytes(seed: int, size: int = 64) -> bytes:
     r = 0.004 + (seed % 4) * 0.003
     grey = Image.effect_mandelbrot((size, size), (cx - r, cy - r, cx + r, cy + r), 200)
     hue = (seed * 47) % 256
-    dark = Image.new("HSV", (1, 1), (hue, 200, 70)).convert("RGB").getpixel((0, 0))
-    light = Image.new("HSV", (1, 1), ((hue + 70) % 256, 120, 255)).convert("RGB").getpixel((0, 0))
-    im = ImageOps.colorize(ImageOps.autocontrast(grey), dark, light, mid=(20, 20, 28))
+    def rgb(h: int, s: int, v: int) -> tuple[int, ...]:
+        return tuple(Image.new("HSV", (1, 1), (h, s, v)).convert("RGB").getpixel((0, 0)))  # type: ignore[arg-type]
+
+    im = ImageOps.colorize(ImageOps.autocontrast(grey), rgb(hue, 200, 70), rgb((hue + 70) % 256, 120, 255),
+                           mid=(20, 20, 28))
     buf = io.BytesIO()
     im.save(buf, "PNG", compress_level=1)
     return buf.getvalue()

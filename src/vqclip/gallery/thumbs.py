@@ -33,24 +33,24 @@ def make_thumbnail(src: Path, dst: Path, size: int = THUMB_SIZE) -> tuple[int, i
     """Write a thumbnail of `src` to `dst` (atomically) and return its (width, height). Never upscales."""
     from PIL import Image
 
-    with Image.open(src) as im:
-        im.draft("RGB", (size, size))  # JPEG inputs decode at a reduced scale; a no-op for PNG
-        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-            rgba = im.convert("RGBA")
+    with Image.open(src) as source:
+        source.draft("RGB", (size, size))  # JPEG inputs decode at a reduced scale; a no-op for PNG
+        if source.mode in ("RGBA", "LA", "PA") or "transparency" in source.info:
+            rgba = source.convert("RGBA")
             im = Image.new("RGB", rgba.size, BACKGROUND)
             im.paste(rgba, mask=rgba.getchannel("A"))
         else:
-            im = im.convert("RGB")
-        if max(im.size) > size:
-            im.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
-        tmp = temp_path(dst)
-        try:
-            im.save(tmp, "JPEG", quality=82)
-            os.replace(tmp, dst)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return im.size
+            im = source.convert("RGB")
+    if max(im.size) > size:
+        im.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    tmp = temp_path(dst)
+    try:
+        im.save(tmp, "JPEG", quality=82)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return im.size
 
 
 def _run(job: ThumbJob) -> tuple[str, tuple[int, int] | None, str]:
