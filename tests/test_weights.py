@@ -24,6 +24,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from vqclip import downloads as D
 from vqclip import weights as W
 from vqclip.errors import VqclipError, WeightsMissing
 
@@ -132,8 +133,8 @@ def fast_and_local(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setattr(W, "TIMEOUT", 5.0)
-    monkeypatch.setattr(W, "RETRY_WAIT", 0.0)
+    monkeypatch.setattr(D, "TIMEOUT", 5.0)
+    monkeypatch.setattr(D, "RETRY_WAIT", 0.0)
 
 
 def payload(n: int = 300_000, seed: int = 1) -> bytes:
@@ -365,7 +366,7 @@ def test_not_downloaded_and_no_download_names_file_command_and_url(folder: Path)
 def test_ctrl_c_keeps_the_part_file(server: Server, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = payload(3_000_000)
     spec = make_spec(server, data=data)
-    real = W.fetch_to_part
+    real = D.fetch_to_part
 
     def interrupted(url: str, *a: Any, on_bytes: Any, **k: Any) -> None:
         def tick(n: int) -> None:  # Ctrl-C arrives after the first megabyte
@@ -374,7 +375,7 @@ def test_ctrl_c_keeps_the_part_file(server: Server, folder: Path, monkeypatch: p
 
         real(url, *a, on_bytes=tick if url.endswith(".ckpt") else on_bytes, **k)
 
-    monkeypatch.setattr(W, "fetch_to_part", interrupted)
+    monkeypatch.setattr(D, "fetch_to_part", interrupted)
     buf = StringIO()
     with pytest.raises(KeyboardInterrupt):
         W.install_registry_model(spec, folder, console=Console(file=buf, width=200))
@@ -384,7 +385,7 @@ def test_ctrl_c_keeps_the_part_file(server: Server, folder: Path, monkeypatch: p
 
 def test_not_enough_disk_space_is_refused(server: Server, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = make_spec(server)
-    monkeypatch.setattr(W.shutil, "disk_usage", lambda p: SimpleNamespace(total=100, used=90, free=10))
+    monkeypatch.setattr(D.shutil, "disk_usage", lambda p: SimpleNamespace(total=100, used=90, free=10))
     with pytest.raises(VqclipError, match="free some space or pass --weights-dir"):
         install(spec, folder)
     assert ckpt_requests(server) == []

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
+from vqclip import downloads
 from vqclip import weights as W
 from vqclip.cli_common import CONTEXT, err_console, handle_errors, out_console
 from vqclip.errors import VqclipError
@@ -149,7 +150,7 @@ def download(
     weights_dir: Optional[Path] = WEIGHTS_DIR,
     cache: bool = typer.Option(True, "--cache/--no-cache",
                                help="After the download, cache the VQGAN tensors as safetensors (faster loads)."),
-    timeout: float = typer.Option(W.TIMEOUT, "--timeout", help="Seconds to wait for a server before giving up."),
+    timeout: float = typer.Option(downloads.TIMEOUT, "--timeout", help="Seconds to wait for a server before giving up."),
 ) -> None:
     """Download VQGAN checkpoints (verified, resumable) or pre-fetch CLIP weights.
 
