@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import http.server
 import json
+import os
 import socket
 import sys
 import subprocess
@@ -241,6 +242,8 @@ def test_interrupted_download_resumes_on_the_next_run(server: Server, folder: Pa
         install(spec, folder, retries=0)
     part = W.part_path(folder / "tiny.ckpt")
     assert part.stat().st_size == 120_000 and not (folder / "tiny.ckpt").exists()
+    status = W.registry_status(spec, folder)
+    assert (status.status, status.partial_bytes, status.installed) == ("partial", 120_000, False)
     files = install(spec, folder)
     assert files.ckpt_path.read_bytes() == data
     (_, first), (_, second) = ckpt_requests(server)
@@ -264,6 +267,15 @@ def test_server_that_ignores_range_restarts_from_zero(server: Server, folder: Pa
     W.part_path(folder / "tiny.ckpt").parent.mkdir(parents=True, exist_ok=True)
     W.part_path(folder / "tiny.ckpt").write_bytes(b"junk" * 100)
     assert install(spec, folder).ckpt_path.read_bytes() == data
+
+
+def test_part_longer_than_the_file_starts_over_when_size_is_unknown(server: Server, folder: Path) -> None:
+    data = payload(100_000)
+    spec = make_spec(server, data=data, known_sha=False, known_size=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    W.part_path(folder / "tiny.ckpt").write_bytes(payload(150_000, seed=5))  # left over from something else
+    assert install(spec, folder).ckpt_path.read_bytes() == data
+    assert [h.get("range") for _, h in ckpt_requests(server)] == ["bytes=150000-", None]
 
 
 def test_sha_mismatch_deletes_the_file_and_names_url_and_fix(server: Server, folder: Path) -> None:
@@ -431,6 +443,7 @@ def test_paths_to_yaml_or_ckpt(tiny_models: dict[str, Path], tmp_path: Path) -> 
     by_yaml = W.resolve_model(str(tiny_models["vqgan_yaml"]))
     by_ckpt = W.resolve_model(str(tiny_models["vqgan_ckpt"]))
     assert by_yaml == by_ckpt and by_yaml.source == "path" and by_yaml.name == "tiny_vq"
+    assert by_yaml.sha256 == sha(tiny_models["vqgan_ckpt"].read_bytes())  # for the run record
     lonely = tmp_path / "lonely.yaml"
     lonely.write_text(TINY_YAML)
     with pytest.raises(WeightsMissing, match=f"expected {tmp_path / 'lonely.ckpt'}"):
@@ -585,6 +598,19 @@ def test_fetch_weights_script_is_a_thin_wrapper(test_registry: dict, folder: Pat
     with pytest.raises(SystemExit) as done:
         runpy.run_path(str(script), run_name="__main__")
     assert done.value.code in (0, None) and (folder / "tofu.ckpt").exists()
+
+
+def test_installed_script_in_a_real_subprocess(vqclip_home: Path) -> None:
+    script = Path(sys.executable).with_name("vqclip")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "vqclip"]
+    env = {**os.environ, "VQCLIP_HOME": str(vqclip_home)}
+    done = subprocess.run([*cmd, "weights", "path"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == str(vqclip_home / "weights")
+    bad = subprocess.run([*cmd, "weights", "download", "nope"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "unknown model 'nope'" in bad.stderr
+    listing = subprocess.run([*cmd, "weights", "list", "--json", "--no-clip"], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert {d["name"] for d in json.loads(listing.stdout)} == set(W.WEIGHTS)
 
 
 def test_weights_cli_does_not_import_torch() -> None:

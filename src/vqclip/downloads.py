@@ -122,6 +122,10 @@ def fetch_to_part(url: str, part: Path, *, size: int | None, timeout: float,
     if size is not None and offset == size:
         return  # complete already; the hash decides
     resp = _open(url, offset, timeout)
+    if resp is None and size is None:  # 416 and nothing to check the .part against: start over
+        part.unlink()
+        offset = 0
+        resp = _open(url, offset, timeout)
     if resp is None:
         return
     with resp:

@@ -406,6 +406,7 @@ def _custom_files(name: str, yaml_path: Path, folder: Path, console: Console | N
 
 
 def _custom_sha(ckpt: Path, folder: Path, console: Console | None) -> str:
+    """A user's checkpoint is hashed once (for run records) and remembered in the manifest by size + mtime."""
     entry = fresh_entry(folder, ckpt)
     if entry and entry.get("sha256"):
         return str(entry["sha256"])
@@ -434,9 +435,7 @@ def _path_files(text: str, folder: Path, console: Console | None) -> ModelFiles:
                                  "`vqclip weights list`")
         if not ckpt.is_file():
             raise WeightsMissing(f"{yaml_path.name} has no checkpoint beside it; expected {ckpt}")
-    entry = fresh_entry(folder, ckpt)
-    sha = str(entry["sha256"]) if entry and entry.get("sha256") else None
-    return ModelFiles(ckpt.stem, yaml_path, ckpt, sha, "path")
+    return ModelFiles(ckpt.stem, yaml_path, ckpt, _custom_sha(ckpt, folder, console), "path")
 
 
 def resolve_model(name_or_path: str, *, weights_dir: str | Path | None = None, download: bool = True,
