@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from vqclip.cli import app
 from vqclip.gallery import build_gallery
 from vqclip.gallery.build import BAD_DETAILS, BAD_IMAGE, NO_DETAILS, NO_IMAGE, render_page, script_json
-from vqclip.gallery.model import as_int, as_text, card_from_run, input_images, lineage_strips
+from vqclip.gallery.model import as_int, as_text, card_from_run, input_images, lineage_strips, model_name
 from vqclip.gallery.synthetic import details, make_run, png_bytes, run_id
 from vqclip.runs import RunInfo
 
@@ -49,6 +49,16 @@ def test_as_int(value: Any, expected: int | None) -> None:
 ])
 def test_as_text(value: Any, expected: str) -> None:
     assert as_text(value) == expected
+
+
+@pytest.mark.parametrize("candidates, expected", [
+    (("vqgan_imagenet_f16_16384", "/x/y.yaml"), "vqgan_imagenet_f16_16384"),
+    ((None, "/tmp/models/tiny_vqgan.yaml"), "tiny_vqgan"),
+    (([1], "C:\\models\\wikiart.ckpt"), "wikiart"), (("<i>a/b</i>",), "<i>a/b</i>"),
+    (("", ""), "unknown"), ((None, ["x"]), "unknown"), ((".ckpt",), ".ckpt"),
+])
+def test_model_name(candidates: tuple[Any, ...], expected: str) -> None:
+    assert model_name(*candidates) == expected
 
 
 def test_card_from_schema_1_details(tmp_path: Path) -> None:
@@ -120,7 +130,7 @@ def make_messy_output(out: Path) -> None:
     """Good runs plus every kind of damage the issue lists."""
     for i in range(4):
         make_run(out, i)
-    make_run(out, 10, prompt=HOSTILE, config={"model": "<img src=x onerror=alert(1)>"})
+    make_run(out, 10, prompt=HOSTILE, weights={"name": "<img src=x onerror=alert(1)>"})
     (make_run(out, 11) / "details.json").unlink()                       # no details.json
     (make_run(out, 12) / "details.json").write_text("{not json")         # corrupt
     (make_run(out, 13) / "details.json").write_text("[1, 2, 3]")         # not an object

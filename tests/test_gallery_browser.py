@@ -68,7 +68,7 @@ def gallery(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (folder / "image_prompt_0.png").write_bytes(png_bytes(8, 64))
     (make_run(out, NO_IMAGE_RUN) / "output.png").unlink()
     make_run(out, HOSTILE_RUN, png_bytes(HOSTILE_RUN, 256), prompt=HOSTILE,
-             config={"model": "<i>evil</i> model", "width": 256, "height": 256})
+             weights={"name": "<i>evil</i> model"}, config={"width": 256, "height": 256})
     (make_run(out, 50) / "details.json").write_text("{corrupt")
     report = build_gallery(out)
     kiosk = build_gallery(out, root / "kiosk" / "index.html", kiosk=True)

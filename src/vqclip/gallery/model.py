@@ -14,7 +14,7 @@ from typing import Any
 
 from vqclip.runs import RunInfo, is_run_id
 
-CARD_VERSION = 2  # bump when card fields or coercion change: cached cards are then rebuilt
+CARD_VERSION = 3  # bump when card fields or coercion change: cached cards are then rebuilt
 
 MAX_PROMPT = 4000  # a pasted novel should not make a 2,000-run page heavy
 MAX_LABEL = 120
@@ -24,6 +24,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # A file a card may link to: a plain name inside the run folder (no paths, no schemes, no hidden files).
 SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 _PROMPT_IMAGE = re.compile(r"^image_prompt_(\d{1,4})\.(png|jpe?g|webp)$", re.IGNORECASE)
+_WEIGHTS_FILE = re.compile(r"\.(ckpt|pt|pth|safetensors|yaml)$", re.IGNORECASE)
 _INIT_IMAGE = re.compile(r"^init\.(png|jpe?g|webp)$", re.IGNORECASE)
 
 
@@ -71,6 +72,18 @@ def _size(details: dict[str, Any], config: dict[str, Any]) -> tuple[int | None, 
     return as_int(config.get("width"), 1, 100_000), as_int(config.get("height"), 1, 100_000)
 
 
+def model_name(*candidates: Any) -> str:
+    """The first usable name: the weights' registry name, else `config.model`; a checkpoint path (allowed by
+    `--model`) shows as its file stem, so the filter lists `tiny_vqgan`, not a temp folder."""
+    for value in candidates:
+        text = as_text(value, 400)
+        if _WEIGHTS_FILE.search(text):
+            text = _WEIGHTS_FILE.sub("", re.split(r"[\\/]", text)[-1]) or text
+        if text:
+            return as_text(text)
+    return "unknown"
+
+
 def display_date(created: Any, run_id: str) -> tuple[str, str]:
     """(`2026-11-25 10:15`, ISO) from `created`, else from the run id's timestamp; the run's own clock."""
     if isinstance(created, str):
@@ -110,7 +123,7 @@ def card_from_run(run: RunInfo) -> dict[str, Any]:
     return {
         "id": run.id,
         "prompt": prompt,
-        "model": as_text(config.get("model")) or as_text(weights.get("name")) or "unknown",
+        "model": model_name(weights.get("name"), config.get("model")),
         "clip": as_text(config.get("clip_model")),
         "w": width,
         "h": height,
