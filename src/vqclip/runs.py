@@ -127,19 +127,26 @@ class RunInfo:
 
     @property
     def prompt(self) -> str:
-        return str(self.details.get("prompt") or self.details.get("config", {}).get("prompt", ""))
+        prompt = self.details.get("prompt")
+        if not isinstance(prompt, str):
+            config = self.details.get("config")
+            prompt = config.get("prompt") if isinstance(config, dict) else None
+        return prompt if isinstance(prompt, str) else ""
 
     @property
     def parent(self) -> str | None:
-        return self.details.get("parent")
+        parent = self.details.get("parent")
+        return parent if isinstance(parent, str) and is_run_id(parent) else None
 
     @property
     def root(self) -> str:
-        return str(self.details.get("root") or self.id)
+        root = self.details.get("root")
+        return root if isinstance(root, str) and is_run_id(root) else self.id
 
     @property
     def stage(self) -> int:
-        return int(self.details.get("stage") or 1)
+        stage = self.details.get("stage")
+        return stage if isinstance(stage, int) and not isinstance(stage, bool) and stage >= 1 else 1
 
     @property
     def image(self) -> Path:
@@ -153,17 +160,22 @@ class RunInfo:
 class BadRun(VqclipError):
     """A folder that looks like a run but whose details.json is missing or corrupt."""
 
+    def __init__(self, message: str, path: Path | None = None, reason: str = "corrupt") -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
 
 def read_details(folder: Path) -> dict[str, Any]:
     path = folder / DETAILS
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise BadRun(f"{path} is missing; {folder} is not a vqclip run folder") from None
+        raise BadRun(f"{path} is missing; {folder} is not a vqclip run folder", folder, "missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadRun(f"{path} is corrupt ({type(e).__name__}: {e}); fix or remove that run folder") from None
+        raise BadRun(f"{path} is corrupt ({type(e).__name__}: {e}); fix or remove that run folder", folder) from None
     if not isinstance(data, dict):
-        raise BadRun(f"{path} is corrupt (not a JSON object); fix or remove that run folder")
+        raise BadRun(f"{path} is corrupt (not a JSON object); fix or remove that run folder", folder)
     return data
 
 
