@@ -275,3 +275,39 @@ def test_interrupted_chain_stops_and_exits_130(tiny_models, tmp_path, monkeypatc
     assert r.exit_code == 130, r.output
     [run] = list(out.iterdir())
     assert read_details(run)["status"] == "interrupted" and "1 later stage(s) skipped" in r.output
+
+
+def test_combined_video_of_stages_of_different_sizes(tmp_path):
+    import imageio.v2 as imageio
+
+    from vqclip.chain import combine_videos
+    from vqclip.video import VideoWriter
+
+    sources = []
+    for i, (w, h, n) in enumerate([(32, 32, 3), (48, 24, 4)]):
+        writer = VideoWriter(tmp_path / f"s{i}.mp4", 15)
+        for k in range(n):
+            writer.append(np.full((h, w, 3), 40 * (i + 1) + k, dtype=np.uint8))
+        sources.append(writer.close())
+    dest = combine_videos(sources, tmp_path / "chain.mp4", 15)
+    reader = imageio.get_reader(str(dest), format="FFMPEG")
+    frames = [np.asarray(f) for f in reader]
+    reader.close()
+    assert len(frames) == 3 + 3  # the second stage's first frame repeats the first stage's last
+    assert all(f.shape == (32, 48, 3) for f in frames)
+    assert frames[0][0, 0].max() < 10 and abs(int(frames[0][16, 24, 0]) - 40) <= 3  # centred, black bars
+
+
+def test_installed_script_continues_a_run(base):
+    import subprocess
+    import sys
+
+    exe = shutil.which("vqclip") or str(Path(sys.executable).parent / "vqclip")
+    bad = subprocess.run([exe, "continue", "nosuchrun", "-o", str(base["out"])], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 1 and bad.stderr.startswith("Error: no run 'nosuchrun'") and "Traceback" not in bad.stderr
+    done = subprocess.run([exe, "continue", str(base["parent"]), "--steps", "1", "-q", "-p", "a ripe pear"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    child = Path(done.stdout.strip().splitlines()[-1]).parent
+    assert details(child)["parent"] == base["parent"].name and details(child)["prompt"] == "a ripe pear"
