@@ -154,7 +154,7 @@ def test_new_size_crops_and_pads_tokens_from_the_seed(base):
     assert torch.equal(new["z"][..., :, :2], seeded[..., :, :2])
     assert new["optimizer_state"] is None and new["step"] == 2
     assert notes == ["size 32x32 → 40x24: token grid centre-cropped (height) and padded with random tokens "
-                     "(width) (from seed 11); the optimizer restarts (its moments belong to the old grid)"]
+                     "(width); new tokens from seed 11; the optimizer restarts (its moments belong to the old grid)"]
 
 
 def test_continue_at_a_new_size_says_the_optimizer_restarts(base):

@@ -284,7 +284,7 @@ def make_prepare(plan: Plan, reporter: Reporter) -> Any:
             restarted = state.get("optimizer_state") is not None
             state["optimizer_state"] = None
             reporter.note(f"size {_fmt_size(old, f)} → {_fmt_size(new, f)}: token grid {how}"
-                          f"{' (from seed ' + str(settings.seed) + ')' if 'padded' in how else ''}"
+                          f"{f'; new tokens from seed {settings.seed}' if 'padded' in how else ''}"
                           f"{'; the optimizer restarts (its moments belong to the old grid)' if restarted else ''}")
         return state
 
