@@ -450,7 +450,8 @@ def run_stages(cfg: RunConfig, then: list[str], stage_steps: int | None, *, outp
         out_console.print(f"Chain video ({len(outcomes)} stages): {video}")
     if outcomes[-1].status == "interrupted":
         skipped = total - len(outcomes)
-        err_console.print(f"Interrupted: stage {len(outcomes)} was saved{f', {skipped} later stage(s) skipped' if skipped else ''}; "
+        later = f", {skipped} later stage(s) skipped" if skipped else ""
+        err_console.print(f"Interrupted: stage {len(outcomes)} was saved{later}; "
                           f"`vqclip continue {outcomes[-1].id}` picks it up.")
         return 130
     return 0

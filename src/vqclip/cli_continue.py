@@ -23,7 +23,8 @@ OUTPUT_DIR = typer.Option(
 @handle_errors
 def continue_run(
     run: str = typer.Argument(..., help="Run id, unique id prefix, or run-folder path (see `vqclip runs list`)."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help='New text prompts, "text[:weight[:stop]] | …".'),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p",
+                                         help='New text prompts, "text[:weight[:stop]] | …".'),
     image_prompt: Optional[List[str]] = O.IMAGE_PROMPT,
     noise_prompt: Optional[List[str]] = O.NOISE_PROMPT,
     size: Optional[str] = O.SIZE,
