@@ -36,8 +36,9 @@ def invoke(*args: str):
     return result
 
 
-def newest(out: Path) -> Path:
-    return sorted(p for p in out.iterdir() if not p.name.startswith("."))[-1]
+def made(result) -> Path:
+    """The run folder a command just wrote (its last stdout line is `<folder>/output.png`)."""
+    return Path(result.stdout.strip().splitlines()[-1]).parent
 
 
 def details(run: Path) -> dict:
@@ -50,17 +51,17 @@ def base(tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("continue") / "output"
     r = invoke("generate", "a red apple", *tiny(tiny_models, out, "--steps", "4"))
     assert r.exit_code == 0, r.output
-    full = newest(out)
+    full = made(r)
     r = invoke("generate", "a red apple", *tiny(tiny_models, out, "--steps", "2"))
     assert r.exit_code == 0, r.output
-    return {"out": out, "full": full, "parent": newest(out), "t": tiny_models}
+    return {"out": out, "full": full, "parent": made(r), "t": tiny_models}
 
 
 def test_generate_then_continue_gives_the_same_bytes_as_one_run(base):
     out, parent = base["out"], base["parent"]
     r = invoke("continue", parent.name[:20], "--steps", "2", "--output-dir", str(out), "-q")
     assert r.exit_code == 0, r.output
-    child = newest(out)
+    child = made(r)
     assert (child / "output.png").read_bytes() == (base["full"] / "output.png").read_bytes()
     d = details(child)
     assert d["parent"] == parent.name and d["root"] == parent.name and d["stage"] == 2
@@ -162,7 +163,7 @@ def test_continue_at_a_new_size_says_the_optimizer_restarts(base):
     r = invoke("continue", str(base["parent"]), "--size", "40x24", "--steps", "1", "-q", "-p", "a green apple")
     assert r.exit_code == 0, r.output
     assert "optimizer restarts" in r.output
-    child = newest(out)
+    child = made(r)
     assert Image.open(child / "output.png").size == (40, 24)
     d = details(child)
     assert d["size"] == [40, 24] and d["prompt"] == "a green apple" and d["global_step"] == 3
@@ -179,7 +180,7 @@ def test_other_model_is_refused_unless_stretch(base):
     r = invoke("continue", parent, "--model", str(t["gumbel_yaml"]), "--resize", "stretch", "--size", "48x48",
                "--steps", "1", "-q")
     assert r.exit_code == 0, r.output
-    child = newest(base["out"])
+    child = made(r)
     d = details(child)
     assert d["continue"]["start"] == "stretch" and d["size"] == [48, 48] and d["global_step"] == 3
     assert d["weights"]["name"] == "tiny_gumbel"
@@ -199,7 +200,7 @@ def test_without_a_usable_state_it_reencodes_output_png(base, tmp_path, damage):
     assert r.exit_code == 0, r.output
     assert ("has no state.pt" if damage == "missing" else "state.pt is unreadable") in r.output
     assert "re-encoding" in r.output
-    d = details(newest(out))
+    d = details(made(r))
     assert d["continue"]["start"] == "output.png" and d["global_step"] == 3 and d["parent"] == copy.name
 
 

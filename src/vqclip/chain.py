@@ -180,20 +180,6 @@ def plan_continue(parent: RunInfo, overrides: dict[str, Any] | None = None, *, r
         plan.notes.append(f"{parent.id} was interrupted after {done} of {planned} steps; doing the {cfg.steps} "
                           "left (pass --steps to choose)")
 
-    # A different VQGAN: its latent space has nothing to do with the parent's.
-    parent_model = str((parent.details.get("config") or {}).get("model", ""))
-    if cfg.model != parent_model:
-        from vqclip.weights import resolve_model
-
-        files = resolve_model(cfg.model, weights_dir=weights_dir, download=download)
-        if not _same_weights(parent, files):
-            if resize != "stretch":
-                raise VqclipError(
-                    f"{parent.id} was made with VQGAN {parent_model!r}, not {cfg.model!r}: their latent spaces "
-                    "differ, so its saved latent means nothing to the new model; leave --model out, or pass "
-                    "--resize stretch to re-encode its output.png with the new model")
-            plan.notes.append(f"new VQGAN {cfg.model}: re-encoding {parent.id}/output.png with it")
-
     if resize == "stretch":
         plan.start = "stretch"
     if parent.has_state:
@@ -216,6 +202,20 @@ def plan_continue(parent: RunInfo, overrides: dict[str, Any] | None = None, *, r
     if plan.start == "stretch" and not parent.image.is_file():
         raise BadRun(f"{parent.path} has no {IMAGE} to stretch; drop --resize stretch")
 
+    # A different VQGAN: its latent space has nothing to do with the parent's (re-encoding an image is fine).
+    parent_model = str((parent.details.get("config") or {}).get("model", ""))
+    if cfg.model != parent_model:
+        from vqclip.weights import resolve_model
+
+        files = resolve_model(cfg.model, weights_dir=weights_dir, download=download)
+        if not _same_weights(parent, files):
+            if plan.start == "state":
+                raise VqclipError(
+                    f"{parent.id} was made with VQGAN {parent_model!r}, not {cfg.model!r}: their latent spaces "
+                    "differ, so its saved latent means nothing to the new model; leave --model out, or pass "
+                    "--resize stretch to re-encode its output.png with the new model")
+            plan.notes.append(f"new VQGAN {cfg.model}: re-encoding {parent.id}/{IMAGE} with it")
+
     parent_seed = parent.details.get("seed")
     if "seed" in overrides and parent_seed is not None and overrides["seed"] != parent_seed:
         plan.reseed = True
@@ -230,7 +230,7 @@ def plan_continue(parent: RunInfo, overrides: dict[str, Any] | None = None, *, r
         if isinstance(size, list) and len(size) == 2 and size[0] and plan.state["z"].shape[-1]:
             factor = int(size[0]) // int(plan.state["z"].shape[-1])
             if factor > 0:
-                new = (cfg.height // factor, cfg.width // factor)
+                new = (max(1, cfg.height // factor), max(1, cfg.width // factor))
                 grid_change(tuple(plan.state["z"].shape[-2:]), new, resize)  # type: ignore[arg-type]
     return plan
 
