@@ -214,3 +214,16 @@ def test_sigint_leaves_a_valid_interrupted_run(tiny_models, tmp_path):
     state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
     assert state["step"] == d["steps_done"]
     Image.open(run / "output.png").verify()
+
+
+def test_story_prompt_makes_stages_and_stage_steps_sets_the_first(tiny_models, tmp_path):
+    out = tmp_path / "output"
+    args = tiny_args(tiny_models, out)
+    del args[args.index("--steps"):args.index("--steps") + 2]
+    r = invoke("generate", "spring ^ summer ^ autumn", *args, "--stage-steps", "2")
+    assert r.exit_code == 0, r.output
+    runs = [json.loads((p / "details.json").read_text()) for p in run_dirs(out)]
+    by_stage = sorted(runs, key=lambda d: d["stage"])
+    assert [d["prompt"] for d in by_stage] == ["spring", "summer", "autumn"]
+    assert [d["global_step"] for d in by_stage] == [2, 4, 6]
+    assert by_stage[2]["parent"] == by_stage[1]["id"] and by_stage[2]["root"] == by_stage[0]["id"]

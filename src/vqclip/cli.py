@@ -92,9 +92,10 @@ def generate(
     quiet: bool = O.QUIET,
     then: Optional[List[str]] = typer.Option(
         None, "--then", metavar="PROMPT",
-        help="Continue with this prompt as a further stage (repeatable); each stage is its own run folder."),
+        help="Continue with this prompt as a further stage (repeatable); each stage is its own run folder. "
+             'A story prompt "a ^ b ^ c" does the same.'),
     stage_steps: Optional[int] = typer.Option(
-        None, "--stage-steps", help="Steps per --then stage (default: the same as --steps)."),
+        None, "--stage-steps", help="Steps per stage (the first stage too, unless --steps is given)."),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the estimated peak memory for this size/cutn/model and exit."),
 ) -> None:
@@ -124,10 +125,12 @@ def generate(
 
         print_estimate(cfg, weights_dir=weights_dir, console=out_console)
         return
-    if then:
+    if then or "^" in cfg.prompt:
         from vqclip.chain import run_stages
 
-        code = run_stages(cfg, then, stage_steps, output_dir=output_dir, weights_dir=weights_dir,
+        if stage_steps is not None and steps is None:  # --stage-steps alone sets every stage, the first too
+            cfg = cfg.model_copy(update={"steps": stage_steps})
+        code = run_stages(cfg, list(then or []), stage_steps, output_dir=output_dir, weights_dir=weights_dir,
                           download=not no_download, trusted=list(trust_checkpoint or []), quiet=quiet)
         if code:
             raise typer.Exit(code)
