@@ -11,7 +11,6 @@ import io
 import json
 import platform
 import secrets
-import shutil
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -303,12 +302,6 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
         folder.discard()
         raise
     return RunOutcome(folder.id, path, status, result.steps_done, result.global_step, details)
-
-
-def copy_tree_file(src: Path, dst: Path) -> None:
-    tmp = temp_path(dst)
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
 
 
 __all__ = ["Reporter", "RunRequest", "RunOutcome", "execute", "open_image", "png_bytes", "image_parameters",
