@@ -227,3 +227,28 @@ def test_story_prompt_makes_stages_and_stage_steps_sets_the_first(tiny_models, t
     assert [d["prompt"] for d in by_stage] == ["spring", "summer", "autumn"]
     assert [d["global_step"] for d in by_stage] == [2, 4, 6]
     assert by_stage[2]["parent"] == by_stage[1]["id"] and by_stage[2]["root"] == by_stage[0]["id"]
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory"), RuntimeError("NaN in z")])
+def test_failure_mid_run_keeps_the_steps_done_as_a_failed_run(tiny_models, tmp_path, monkeypatch, error):
+    from vqclip.engine import loop
+
+    real = loop.Session._losses
+
+    def flaky(self, out):
+        if self.step == 2:
+            raise error
+        return real(self, out)
+
+    monkeypatch.setattr(loop.Session, "_losses", flaky)
+    out = tmp_path / "output"
+    r = invoke("generate", "x", *tiny_args(tiny_models, out))
+    assert r.exit_code == 1
+    [run] = run_dirs(out)
+    assert f"vqclip continue {run.name}" in r.output
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        assert "32x32" in r.output and "cutn 4" in r.output
+    d = json.loads((run / "details.json").read_text())
+    assert d["status"] == "failed" and d["steps_done"] == 2 and str(error) in d["error"]
+    assert torch.load(run / "state.pt", weights_only=True)["step"] == 2
+    Image.open(run / "output.png").verify()

@@ -161,6 +161,29 @@ def _is_trusted(ckpt: Path, trusted: list[Path]) -> bool:
         return False
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def _oom_message(width: int, height: int, cutn: int) -> str:
+    return (f"the GPU ran out of memory at {width}x{height} with cutn {cutn}; lower --size or --cutn, "
+            "or pass --low-memory")
+
+
+def _salvage(session: Any, exc: BaseException) -> Any:
+    """After an error mid-run (not Ctrl-C), the steps already done are worth a `failed` run folder."""
+    partial = getattr(session, "partial", None)
+    if isinstance(exc, KeyboardInterrupt) or not isinstance(exc, Exception) or partial is None \
+            or partial.steps_done == 0:
+        return None
+    try:
+        partial.image = session.image()
+    except Exception:
+        return None
+    return partial
+
+
 def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
     """Do one run and leave a complete run folder (finished, interrupted or failed), or nothing at all."""
     import torch
@@ -208,8 +231,10 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
     video = VideoWriter(folder.file(VIDEO), cfg.fps)
     result = None
     error: str | None = None
+    failure: BaseException | None = None
+    t_run = time.perf_counter()
+    input_files: dict[str, Any] = {"init_image": None, "image_prompts": []}
     try:
-        input_files: dict[str, Any] = {"init_image": None, "image_prompts": []}
         if init is not None:
             name = f"init{init[2]}"
             folder.file(name).write_bytes(init[1])
@@ -241,16 +266,18 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
         if last_frame_step[0] != result.global_step:
             video.append(result.image)
         status = "interrupted" if result.stopped else "finished"
-    except torch.cuda.OutOfMemoryError:
-        folder.discard()
-        video.close()
-        raise VqclipError(
-            f"the GPU ran out of memory at {width}x{height} with cutn {cfg.cutn}; lower --size or --cutn, "
-            "or pass --low-memory") from None
-    except BaseException:
-        video.close()
-        folder.discard()
-        raise
+    except BaseException as exc:
+        result = _salvage(session, exc)
+        if result is None:  # nothing worth keeping: leave no folder at all
+            video.close()
+            folder.discard()
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                raise VqclipError(_oom_message(width, height, cfg.cutn)) from None
+            raise
+        failure = exc
+        status = "failed"
+        error = _one_line(exc)
+        run_s = time.perf_counter() - t_run
 
     try:  # finishing touches; any failure here still leaves no half-written run folder
         video_path = video.close()
@@ -301,6 +328,11 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
     except BaseException:
         folder.discard()
         raise
+    if failure is not None:
+        what = _oom_message(width, height, cfg.cutn) if isinstance(failure, torch.cuda.OutOfMemoryError) \
+            else f"the run failed at step {result.global_step + 1} ({error})"
+        raise VqclipError(f"{what}; the {result.steps_done} steps done were saved as run {folder.id} "
+                          f"(status failed), and `vqclip continue {folder.id}` picks them up") from None
     return RunOutcome(folder.id, path, status, result.steps_done, result.global_step, details)
 
 

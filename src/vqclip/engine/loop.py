@@ -37,8 +37,10 @@ class LoopSettings:
     init_weight_decay_every: int = 0
     tv_weight: float = 0.0
     save_every: int = 0
-    autocast_dtype: torch.dtype | None = None
-    low_memory: bool = False
+    autocast_dtype: torch.dtype | None = None  # decoder compute dtype (None = fp32)
+    low_memory: bool = False  # checkpoint the decoder blocks (recompute in backward)
+    clip_autocast_dtype: torch.dtype | None = None  # CLIP image-tower compute dtype (None = fp32)
+    compile: bool = False  # torch.compile the CLIP image tower (falls back to eager if compiling fails)
 
 
 @dataclass
@@ -63,6 +65,35 @@ class Result:
     losses: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     stopped: bool = False
+
+
+COMPILE_BACKEND = "inductor"  # tests use "aot_eager" (no C++ compiler, seconds instead of minutes)
+
+
+def compiled(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`torch.compile(fn)` that falls back to `fn` for good, recording why in `.error`, if compiling is not
+    available here (no C++ compiler, an old torch, an unsupported op) or the compiled call fails."""
+    try:
+        fast = torch.compile(fn, backend=COMPILE_BACKEND, dynamic=False)
+    except Exception as e:  # torch.compile itself missing or refusing this platform
+        fast = None
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
+    else:
+        reason = None
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        if call.fast is not None:  # type: ignore[attr-defined]
+            try:
+                return call.fast(x)  # type: ignore[attr-defined]
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # compile errors surface at the first call
+                first = (str(e).strip().splitlines() or [""])[0][:160]
+                call.error, call.fast = f"{type(e).__name__}: {first}", None  # type: ignore[attr-defined]
+        return fn(x)
+
+    call.fast, call.error = fast, reason  # type: ignore[attr-defined]
+    return call
 
 
 def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
@@ -94,6 +125,9 @@ class Session:
         self.noise_gen = (torch.Generator(device=device).manual_seed(settings.seed + 1)
                           if device.type != "cpu" else self.gen)
         self.z_min, self.z_max = vqgan.z_bounds()
+        self._encode_image: Callable[[torch.Tensor], torch.Tensor] = self._eager_encode
+        if settings.compile:
+            self._encode_image = compiled(self._eager_encode)
         if state is not None:
             self._load_state(state)
         else:
@@ -139,14 +173,16 @@ class Session:
     def synth(self, z: torch.Tensor) -> torch.Tensor:
         """Latent → image in [0, 1] with straight-through quantisation and a gradient-preserving clamp."""
         z_q = self.vqgan.quantize(z)
-        with self._autocast():
-            x = self.vqgan.decode(z_q)
+        x = self.vqgan.decode(z_q, self.s.autocast_dtype, low_memory=self.s.low_memory)
         return clamp_with_grad(x.float().add(1).div(2), 0.0, 1.0)
 
-    def _autocast(self) -> Any:
-        if self.s.autocast_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.s.autocast_dtype)
+    @property
+    def compile_error(self) -> str | None:
+        """Why `--compile` fell back to eager mode (None when it did not, or was not asked for)."""
+        return getattr(self._encode_image, "error", None)
+
+    def _eager_encode(self, cuts: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(cuts, self.s.clip_autocast_dtype)
 
     @torch.no_grad()
     def image(self) -> torch.Tensor:
@@ -155,8 +191,7 @@ class Session:
 
     def _losses(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
         cuts = self.clip.normalize(self.cutouts(out, self.gen, self.noise_gen))
-        with self._autocast():
-            embeds = self.clip.encode_image(cuts).float()
+        embeds = self._encode_image(cuts).float()
         losses: dict[str, torch.Tensor] = {}
         for i, p in enumerate(self.prompts):
             losses[p.label or f"prompt{i}"] = p(embeds)
@@ -172,6 +207,7 @@ class Session:
             should_stop: Callable[[], bool] | None = None) -> Result:
         """Take `steps` optimiser steps (fewer if `should_stop()` turns true between steps)."""
         result = Result(image=torch.empty(0), steps_done=0, global_step=self.step)
+        self.partial = result  # what was done so far, should a step raise
         for index in range(1, steps + 1):
             if should_stop is not None and should_stop():
                 result.stopped = True
