@@ -6,11 +6,13 @@ import contextlib
 import difflib
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from vqclip.engine import vit
 from vqclip.errors import VqclipError, WeightsMissing
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -37,11 +39,47 @@ class ClipModel:
 
     @torch.no_grad()
     def encode_text(self, texts: list[str], device: torch.device) -> torch.Tensor:
+        if getattr(self, "text_released", False):
+            raise RuntimeError("this CLIP model's text tower was released after the prompts were embedded")
         return self.model.encode_text(self.tokenizer(texts).to(device)).float()
 
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        """`x`: [N, 3, S, S] already normalised. Gradient flows back to the pixels."""
-        return self.model.encode_image(x).float()
+    @cached_property
+    def lean(self) -> bool:
+        """Whether the image tower has the plain ViT layout that `engine/vit.py` runs leaner than open_clip."""
+        return vit.lean_supported(self.model.visual)
+
+    def encode_image(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """`x`: [N, 3, S, S] already normalised, computed in `dtype` (default: `x`'s). Gradient flows back to
+        the pixels. Returns fp32 embeddings."""
+        if dtype is not None:
+            x = x.to(dtype)
+        if self.lean:
+            return vit.encode_image(self.model.visual, x).float()
+        with torch.autocast(x.device.type, dtype=x.dtype, enabled=x.dtype != torch.float32):
+            return self.model.encode_image(x).float()
+
+    def set_weight_dtype(self, dtype: torch.dtype) -> bool:
+        """Store the image tower's frozen weights in `dtype` (cast to the compute dtype per layer as needed).
+        Only for the lean ViT path; returns whether it was done."""
+        if not self.lean:
+            return False
+        self.model.visual.to(dtype)
+        return True
+
+    def release_text_tower(self) -> None:
+        """Free the text tower (a third of ViT-B/32's weights) once every text prompt is embedded."""
+        m = self.model
+        if isinstance(getattr(m, "text", None), torch.nn.Module):
+            m.text = None
+        for name in ("transformer", "token_embedding", "ln_final"):
+            if isinstance(getattr(m, name, None), torch.nn.Module):
+                setattr(m, name, None)
+        for name in ("positional_embedding", "text_projection"):
+            if m._parameters.get(name) is not None:
+                m._parameters[name] = None
+        if m._buffers.get("attn_mask") is not None:
+            m._buffers["attn_mask"] = None
+        self.text_released = True
 
 
 @contextlib.contextmanager

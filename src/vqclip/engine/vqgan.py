@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from vqclip.errors import VqclipError
+from vqclip.engine import decoder as lean
 from vqclip.engine.ops import replace_grad
 
 GUMBEL_TARGETS = ("GumbelVQ",)
@@ -89,13 +90,37 @@ class VQGAN(nn.Module):
         # GumbelVQ's encoder side picks codes through a 1x1 projection to logits.
         self.proj = (nn.Conv2d(dd["z_channels"], spec.n_embed, 1) if with_encoder and spec.gumbel else None)
         self.register_buffer("codebook", torch.empty(spec.n_embed, spec.embed_dim))
+        # low_memory: recompute each decoder block in backward instead of keeping its activations
+        self.low_memory = False
 
     @property
     def factor(self) -> int:
         return self.spec.factor
 
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z_q))
+    def decode(self, z_q: torch.Tensor, dtype: torch.dtype | None = None,
+               low_memory: bool | None = None) -> torch.Tensor:
+        """Quantised latent → pixels in [-1, 1], computed in `dtype` (default: `z_q`'s).
+
+        Goes through the lean forward (`engine/decoder.py`: same maths, far fewer saved activations, NNPACK
+        convolutions on the CPU); `low_memory` (default: `self.low_memory`) adds per-block checkpointing.
+        """
+        x = z_q.to(dtype) if dtype is not None else z_q
+        if not lean.lean_supported(self.decoder):
+            with torch.autocast(x.device.type, dtype=x.dtype, enabled=x.dtype != torch.float32):
+                return self.decoder(self.post_quant_conv(z_q))
+        ckpt = self.low_memory if low_memory is None else low_memory
+        return lean.decode(self.decoder, lean.frozen_conv(self.post_quant_conv, x), checkpoint=ckpt)
+
+    def set_weight_dtype(self, dtype: torch.dtype) -> VQGAN:
+        """Store the decoder's frozen weights in `dtype` (the codebook stays fp32 for exact code lookups);
+        the lean forward casts them to the compute dtype on the fly."""
+        self.decoder.to(dtype)
+        self.post_quant_conv.to(dtype)
+        return self
+
+    def drop_encoder(self) -> None:
+        """Free the encoder once the init image is encoded (it is never needed again in a run)."""
+        self.encoder = self.quant_conv = self.proj = None
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """Snap each latent vector to its nearest code (squared L2), straight-through gradient to `z`."""
