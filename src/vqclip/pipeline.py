@@ -139,18 +139,10 @@ def image_parameters(config: RunConfig, seed: int, global_step: int, size: tuple
 
 
 def resolve_precision(config: RunConfig, device: Any) -> Any:
-    """The autocast dtype for this device (None = fp32)."""
-    import torch
+    """The decoder's compute dtype for this device (None = fp32); see `engine.precision` for both models."""
+    from vqclip.engine.precision import choose_precision
 
-    if config.precision == "fp32":
-        return None
-    if config.precision == "bf16":
-        return torch.bfloat16
-    if config.precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":  # auto
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
+    return choose_precision(config.precision, device).decoder
 
 
 def _is_trusted(ckpt: Path, trusted: list[Path]) -> bool:
@@ -188,7 +180,8 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
     """Do one run and leave a complete run folder (finished, interrupted or failed), or nothing at all."""
     import torch
 
-    from vqclip import engine
+    from vqclip import engine, memory
+    from vqclip.engine.precision import choose_precision
     from vqclip.prompts import floor_size
     from vqclip.video import VideoWriter
     from vqclip.weights import resolve_model
@@ -211,13 +204,21 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
         rep.note(f"size {cfg.width}x{cfg.height} floored to {width}x{height} "
                  f"(a multiple of {spec.factor}, this model's downsampling factor)")
     device = engine.pick_device(cfg.device)
+    start_image = req.start_image if req.start_image is not None else (init[0] if init else None)
+    # Memory: refuse up front a run that will not fit (naming the largest size that would), and switch
+    # low-memory mode on when the estimate says so (vqclip.memory); per-module precision (engine.precision).
+    precision = choose_precision(cfg.precision, device)
+    plan = memory.plan_run(cfg, spec, width, height, device, precision, with_encoder=start_image is not None,
+                           first_load_bytes=memory.first_load_bytes(files.ckpt_path))
+    if plan.note:
+        rep.note(plan.note)
     settings = engine.LoopSettings(
         width=width, height=height, seed=seed, cutn=cfg.cutn, cut_pow=cfg.cut_pow, augment=cfg.augment,
         noise_fac=cfg.noise_fac, optimizer=cfg.optimizer, lr=cfg.lr, init_weight=cfg.init_weight,
         init_weight_decay=cfg.init_weight_decay, init_weight_decay_every=cfg.init_weight_decay_every,
-        tv_weight=cfg.tv_weight, save_every=cfg.save_every, autocast_dtype=resolve_precision(cfg, device),
-        low_memory=bool(cfg.low_memory))
-    start_image = req.start_image if req.start_image is not None else (init[0] if init else None)
+        tv_weight=cfg.tv_weight, save_every=cfg.save_every, autocast_dtype=precision.decoder,
+        clip_autocast_dtype=precision.clip, low_memory=plan.low_memory, clip_chunk=plan.clip_chunk,
+        compile=cfg.compile)
     t_load = time.perf_counter()
     models = engine.load_models(files.yaml_path, files.ckpt_path, cfg.clip_model, cfg.clip_pretrained, device,
                                 with_encoder=start_image is not None,
@@ -248,6 +249,7 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
         if req.prepare_state is not None:
             state = req.prepare_state(models, settings, state, start_image)
         session = engine.start_session(models, settings, prompts, init_image=start_image, state=state)
+        memory.prepare_for_steps(models, plan)  # text tower and encoder freed, weights stored as planned
         last_frame_step = [-1]
 
         def on_step(info: Any) -> None:
@@ -263,6 +265,8 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
         finally:
             rep.end()
         run_s = time.perf_counter() - t_run
+        if cfg.compile and session.compile_error:
+            rep.note(f"--compile fell back to eager mode ({session.compile_error})")
         if last_frame_step[0] != result.global_step:
             video.append(result.image)
         status = "interrupted" if result.stopped else "finished"
@@ -312,7 +316,9 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
                 "per_step_s": round(sorted(steps_timed)[len(steps_timed) // 2], 4) if steps_timed else None,
             },
             "device": str(device),
-            "precision": str(settings.autocast_dtype).replace("torch.", "") if settings.autocast_dtype else "fp32",
+            "precision": precision.describe(),
+            "low_memory": plan.low_memory,
+            "memory_estimate_mb": round(plan.estimate.total / 2**20),
             "versions": versions(),
             "weights": {"name": files.name, "sha256": files.sha256, "source": files.source,
                         "path": str(files.ckpt_path)},

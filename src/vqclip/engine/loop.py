@@ -41,6 +41,7 @@ class LoopSettings:
     low_memory: bool = False  # checkpoint the decoder blocks (recompute in backward)
     clip_autocast_dtype: torch.dtype | None = None  # CLIP image-tower compute dtype (None = fp32)
     compile: bool = False  # torch.compile the CLIP image tower (falls back to eager if compiling fails)
+    clip_chunk: int = 0  # >0: CLIP forward+backward over this many cutouts at a time (low memory; same gradient)
 
 
 @dataclass
@@ -195,12 +196,45 @@ class Session:
         losses: dict[str, torch.Tensor] = {}
         for i, p in enumerate(self.prompts):
             losses[p.label or f"prompt{i}"] = p(embeds)
+        losses.update(self._other_losses(out))
+        return losses
+
+    def _other_losses(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
+        losses: dict[str, torch.Tensor] = {}
         w = init_weight_at(self.step, self.s.init_weight, self.s.init_weight_decay, self.s.init_weight_decay_every)
         if w > 0:
             losses["init_mse"] = w * torch.nn.functional.mse_loss(self.z, self.z_anchor)
         if self.s.tv_weight > 0:
             losses["tv"] = self.s.tv_weight * tv_loss(out)
         return losses
+
+    def _backward(self, out: torch.Tensor) -> dict[str, float]:
+        """Every loss term of this step, with its gradient accumulated into `z.grad`."""
+        chunk = self.s.clip_chunk
+        if chunk <= 0 or chunk >= self.s.cutn:
+            losses = self._losses(out)
+            sum(losses.values()).backward()  # type: ignore[union-attr]
+            return {k: float(v.detach()) for k, v in losses.items()}
+        # Low memory: CLIP runs over `chunk` cutouts at a time and its activations are freed after each chunk's
+        # backward; the cutouts' gradient is gathered, then pushed through the cutouts and the decoder once.
+        # The prompt losses are means over cutouts, so chunk means weighted by their share sum to the same value.
+        cuts = self.clip.normalize(self.cutouts(out, self.gen, self.noise_gen))
+        leaf = cuts.detach().requires_grad_(True)
+        n = leaf.shape[0]
+        values: dict[str, float] = {}
+        for start in range(0, n, chunk):
+            part = leaf[start:start + chunk]
+            embeds = self._encode_image(part).float()
+            terms = {p.label or f"prompt{i}": p(embeds) * (part.shape[0] / n) for i, p in enumerate(self.prompts)}
+            sum(terms.values()).backward()  # type: ignore[union-attr]
+            for k, v in terms.items():
+                values[k] = values.get(k, 0.0) + float(v.detach())
+            del embeds, terms
+        others = self._other_losses(out)
+        grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+        torch.autograd.backward([cuts, *others.values()], [grad, *([None] * len(others))])
+        values.update({k: float(v.detach()) for k, v in others.items()})
+        return values
 
     # -- the loop ----------------------------------------------------------------------------------------
     def run(self, steps: int, callback: Callable[[StepInfo], None] | None = None,
@@ -217,23 +251,21 @@ class Session:
             due = index == 1 or (self.s.save_every > 0 and self.step % self.s.save_every == 0)
             frame = out[0].detach().float().cpu() if due else None
             frame_step = self.step
-            losses = self._losses(out)
-            total = sum(losses.values())
             self.opt.zero_grad(set_to_none=True)
-            total.backward()  # type: ignore[union-attr]
+            losses = self._backward(out)
             self.opt.step()
             with torch.no_grad():
                 self.z.copy_(torch.maximum(torch.minimum(self.z, self.z_max), self.z_min))
             self.step += 1
-            loss = float(total.detach())
+            loss = sum(losses.values())
             seconds = time.perf_counter() - t0
             result.losses.append(loss)
             result.step_seconds.append(seconds)
             result.steps_done += 1
             result.global_step = self.step
-            del out, total
+            del out
             if callback is not None:
-                callback(StepInfo(self.step, index, steps, loss, {k: float(v.detach()) for k, v in losses.items()},
-                                  seconds, frame, frame_step if frame is not None else None))
+                callback(StepInfo(self.step, index, steps, loss, losses, seconds, frame,
+                                  frame_step if frame is not None else None))
         result.image = self.image()
         return result

@@ -1,0 +1,334 @@
+"""Speed and memory of vqclip against the classic VQGAN-CLIP implementation (issue 6), plus the gallery bench.
+
+    python scripts/bench.py                 # engine + gallery
+    python scripts/bench.py engine          # 256²/cutn 32 and 384²/cutn 32: ours vs classic
+    python scripts/bench.py engine --sizes 256 --steps 3 --modes classic,ours,ours-lowmem
+    python scripts/bench.py gallery --runs 2000
+
+Both sides build the real architectures with random weights (vqgan_imagenet_f16_16384's ddconfig from the
+packaged yaml, open_clip `ViT-B-32-quickgelu` with `pretrained=None`) and run `--warmup` + `--steps` optimiser
+steps, each configuration in a fresh subprocess so that peak memory is the process's own: peak RSS
+(`getrusage`) on the CPU, `torch.cuda.max_memory_allocated` on CUDA. Modes:
+
+- `classic`: `scripts/classic.py`, the notebook's step (fp32, whole VQModel, per-cutout loop);
+- `ours`: what `vqclip generate` does by default (the same engine calls as `vqclip.pipeline.execute`);
+- `ours-lowmem`: `--low-memory` (decoder blocks recomputed in backward, CLIP over 8 cutouts at a time);
+- ablations of the default: `ours-fp32w` (frozen weights kept in fp32), `ours-nochunk` (CLIP over all cutouts
+  at once), `ours-compile` (`--compile`; the first step includes compiling).
+
+Prints a Rich table with our/classic ratios and writes JSON to `bench-results/` (or `--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent
+MODEL = "vqgan_imagenet_f16_16384"
+CLIP = "ViT-B-32-quickgelu"
+PROMPT = "A sunny countryside with a Collie"
+TARGETS = {"memory_ratio": 0.5, "time_ratio": 0.8}
+MODES = ("classic", "ours", "ours-lowmem", "ours-fp32w", "ours-nochunk", "ours-compile")
+
+
+def _import_path() -> None:
+    for p in (str(ROOT / "src"), str(SCRIPTS)):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+
+
+# ----------------------------------------------------------------------------------------- the worker side
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:  # pragma: no cover
+        return float("nan")
+
+
+def _random_vqgan(spec: Any, device: Any) -> Any:
+    """A `VQGAN` (decoder + codebook only, as vqclip loads it) with random weights in the real architecture."""
+    import contextlib
+    import io
+
+    import torch
+    from taming.modules.diffusionmodules.model import Decoder
+
+    from vqclip.engine.vqgan import build_vqgan
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        dec = Decoder(**spec.ddconfig)
+    state = {f"decoder.{k}": v for k, v in dec.state_dict().items()}
+    pqc = torch.nn.Conv2d(spec.embed_dim, spec.ddconfig["z_channels"], 1)
+    state.update({f"post_quant_conv.{k}": v for k, v in pqc.state_dict().items()})
+    state["quantize.embedding.weight"] = torch.empty(spec.n_embed, spec.embed_dim).uniform_(-1, 1) / spec.n_embed
+    del dec, pqc
+    return build_vqgan(spec, state, False, "random weights").to(device)
+
+
+def _ours(args: argparse.Namespace, device: Any, mode: str) -> tuple[list[float], dict[str, Any]]:
+    """The same engine calls as `vqclip.pipeline.execute`, minus files."""
+    import torch
+
+    from vqclip import engine, memory
+    from vqclip.config import build_config
+    from vqclip.engine.precision import choose_precision
+    from vqclip.weights import packaged_yaml
+
+    cfg = build_config(None, {"prompt": PROMPT, "width": args.size, "height": args.size, "cutn": args.cutn,
+                              "seed": 0, "clip_pretrained": "none", "device": args.device,
+                              "low_memory": True if mode == "ours-lowmem" else None,
+                              "compile": mode == "ours-compile"})
+    spec = engine.read_spec(packaged_yaml(MODEL))
+    precision = choose_precision(cfg.precision, device)
+    if mode == "ours-fp32w":  # ablation: frozen weights kept in fp32
+        precision = dataclasses.replace(precision, weights=None)
+    plan = memory.plan_run(cfg, spec, args.size, args.size, device, precision)
+    chunk = 0 if mode == "ours-nochunk" else plan.clip_chunk  # ablation: CLIP over all cutouts at once
+    settings = engine.LoopSettings(width=args.size, height=args.size, seed=0, cutn=cfg.cutn, cut_pow=cfg.cut_pow,
+                                   augment=cfg.augment, noise_fac=cfg.noise_fac, lr=cfg.lr, save_every=0,
+                                   autocast_dtype=precision.decoder, clip_autocast_dtype=precision.clip,
+                                   low_memory=plan.low_memory, clip_chunk=chunk, compile=cfg.compile)
+    vqgan = _random_vqgan(spec, device)
+    clip = engine.load_clip(CLIP, "none", device)
+    models = engine.Models(vqgan, clip, device)
+    prompts = engine.build_prompts(models, settings, cfg.text_prompts, [], [])
+    session = engine.start_session(models, settings, prompts)
+    memory.prepare_for_steps(models, plan)
+    built = _rss_mb()
+    times: list[float] = []
+    session.run(args.warmup + args.steps, lambda info: times.append(info.seconds))
+    info = {"built_rss_mb": round(built, 1), "precision": precision.describe(), "low_memory": plan.low_memory,
+            "clip_chunk": chunk, "estimate_mb": round(plan.estimate.total / 2**20, 1)}
+    if session.compile_error:
+        info["compile_error"] = session.compile_error
+    return times, info
+
+
+def _classic(args: argparse.Namespace, device: Any) -> tuple[list[float], dict[str, Any]]:
+    from classic import ClassicRun
+
+    from vqclip import engine
+    from vqclip.weights import packaged_yaml
+
+    run = ClassicRun(engine.read_spec(packaged_yaml(MODEL)), CLIP, args.size, args.size, args.cutn, PROMPT,
+                     device=str(device))
+    built = _rss_mb()
+    times = []
+    for _ in range(args.warmup + args.steps):
+        t = time.perf_counter()
+        run.step()
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return times, {"built_rss_mb": round(built, 1), "precision": "fp32", "low_memory": False}
+
+
+def worker(args: argparse.Namespace) -> None:
+    _import_path()
+    import torch
+
+    from vqclip.engine import pick_device
+
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    base = _rss_mb()
+    if args.mode == "classic":
+        times, info = _classic(args, device)
+    else:
+        times, info = _ours(args, device, args.mode)
+    timed = times[args.warmup:]
+    out = {"mode": args.mode, "size": args.size, "cutn": args.cutn, "device": str(device),
+           "step_s": [round(t, 3) for t in times], "median_s": round(statistics.median(timed), 3),
+           "peak_rss_mb": round(_peak_rss_mb(), 1), "import_rss_mb": round(base, 1), **info}
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    print("BENCH-JSON " + json.dumps(out), flush=True)
+
+
+# ----------------------------------------------------------------------------------------- the parent side
+def run_one(mode: str, size: int, cutn: int, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_worker", "--mode", mode, "--size", str(size),
+           "--cutn", str(cutn), "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
+           "--threads", str(args.threads)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("BENCH-JSON "):
+            return json.loads(line[len("BENCH-JSON "):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"mode": mode, "size": size, "cutn": cutn, "error": f"exit {proc.returncode}: {tail[:300]}"}
+
+
+def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several interleaved repeats of one (mode, size, cutn): median over all timed steps, max peak."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    out = dict(ok[0])
+    warm = out.get("warmup", 1)
+    timed = [t for r in ok for t in r["step_s"][warm:]]
+    out["median_s"] = round(statistics.median(timed), 3)
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+    if "peak_cuda_mb" in out:
+        out["peak_cuda_mb"] = max(r["peak_cuda_mb"] for r in ok)
+    out["repeats"] = len(ok)
+    return out
+
+
+def bench_engine(args: argparse.Namespace, console: Any) -> dict[str, Any]:
+    sizes = [int(s) for s in args.sizes.split(",")]
+    modes = [m.strip() for m in args.modes.split(",")]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise SystemExit(f"unknown mode {unknown[0]!r}; use {', '.join(MODES)}")
+    results: list[dict[str, Any]] = []
+    load = [round(x, 2) for x in os.getloadavg()]
+    for size in sizes:
+        raw: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+        for rep in range(args.repeats):  # interleave modes so that a busy machine hits them alike
+            for mode in modes:
+                console.print(f"[dim]{size}² cutn {args.cutn} {mode} (repeat {rep + 1}/{args.repeats})…[/dim]")
+                r = run_one(mode, size, args.cutn, args)
+                r["warmup"] = args.warmup
+                raw[mode].append(r)
+                if "error" in r:
+                    console.print(f"[red]{mode} failed: {r['error']}[/red]")
+        results.extend(_merge(v) for v in raw.values())
+    rows = _ratios(results)
+    load_end = [round(x, 2) for x in os.getloadavg()]
+    return {"results": results, "ratios": rows, "loadavg_start": load, "loadavg_end": load_end}
+
+
+def _ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for r in results:
+        if r.get("mode") == "classic" or "error" in r:
+            continue
+        base = next((c for c in results if c.get("mode") == "classic" and c["size"] == r["size"]
+                     and c["cutn"] == r["cutn"] and "error" not in c), None)
+        if base is None:
+            continue
+        mem_key = "peak_cuda_mb" if "peak_cuda_mb" in r else "peak_rss_mb"
+        mem = r[mem_key] / base[mem_key]
+        tim = r["median_s"] / base["median_s"]
+        rows.append({"mode": r["mode"], "size": r["size"], "cutn": r["cutn"], "memory_ratio": round(mem, 3),
+                     "time_ratio": round(tim, 3), "memory_met": mem <= TARGETS["memory_ratio"],
+                     "time_met": tim <= TARGETS["time_ratio"]})
+    return rows
+
+
+def print_engine(data: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    results = data["results"]
+    t = Table(title=f"VQGAN-CLIP step: vqclip vs classic ({_machine()}); load avg {data['loadavg_start']} → "
+                    f"{data['loadavg_end']}")
+    for col in ("size", "cutn", "mode", "s/step (median)", "peak MiB", "estimate MiB", "precision", "ratio time",
+                "ratio memory"):
+        t.add_column(col, justify="right" if col not in ("mode", "precision") else "left")
+    ratio = {(r["mode"], r["size"], r["cutn"]): r for r in data["ratios"]}
+    for r in results:
+        if "error" in r:
+            t.add_row(str(r["size"]), str(r["cutn"]), r["mode"], "[red]failed[/red]", "", "", "", "", "")
+            continue
+        q = ratio.get((r["mode"], r["size"], r["cutn"]))
+        mem = r.get("peak_cuda_mb", r["peak_rss_mb"])
+        est = f"{r['estimate_mb']:.0f}" if r.get("estimate_mb") else ""
+
+        def mark(v: float, ok: bool) -> str:
+            return f"[{'green' if ok else 'red'}]{v:.2f}×[/]"
+
+        t.add_row(str(r["size"]), str(r["cutn"]), r["mode"], f"{r['median_s']:.2f}", f"{mem:.0f}", est,
+                  str(r.get("precision", "")) + (" +lowmem" if r.get("low_memory") else "")
+                  + (f"; CLIP ×{r['clip_chunk']}" if r.get("clip_chunk") else ""),
+                  mark(q["time_ratio"], q["time_met"]) if q else "", mark(q["memory_ratio"], q["memory_met"]) if q else "")
+    console.print(t)
+    console.print(f"targets: time ≤ {TARGETS['time_ratio']}× and peak memory ≤ {TARGETS['memory_ratio']}× of classic")
+
+
+def _machine() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name()
+    except ImportError:  # pragma: no cover
+        pass
+    return f"{os.cpu_count()} CPU cores, {platform.machine()}"
+
+
+def bench_gallery_section(args: argparse.Namespace, console: Any) -> dict[str, Any] | None:
+    path = SCRIPTS / "bench_gallery.py"
+    if not path.is_file():
+        console.print("[yellow]gallery: scripts/bench_gallery.py is not there yet; skipped[/yellow]")
+        return None
+    _import_path()
+    from bench_gallery import bench_gallery
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = bench_gallery(tmp, args.runs)
+    console.print(f"gallery: {result['n_runs']} runs, scratch {result['scratch_s']} s, "
+                  f"incremental {result['incremental_s']} s, no-change {result['noop_s']} s")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("section", nargs="?", default="all", choices=("engine", "gallery", "all", "_worker"))
+    ap.add_argument("--sizes", default="256,384", help="square sizes, comma-separated (default 256,384)")
+    ap.add_argument("--cutn", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per run (default 3)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed first steps (default 1)")
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved subprocesses per mode (default 1)")
+    ap.add_argument("--modes", default="classic,ours", help=f"comma-separated, of {', '.join(MODES)}")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--runs", type=int, default=2000, help="gallery: synthetic runs")
+    ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench-results/bench-<time>.json)")
+    ap.add_argument("--mode", default="ours", help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=256, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.section == "_worker":
+        worker(args)
+        return 0
+    from rich.console import Console
+
+    console = Console(width=max(120, Console().width))
+    data: dict[str, Any] = {"machine": _machine(), "python": platform.python_version(),
+                            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv[1:]}
+    if args.section in ("engine", "all"):
+        data["engine"] = bench_engine(args, console)
+        print_engine(data["engine"], console)
+    if args.section in ("gallery", "all"):
+        data["gallery"] = bench_gallery_section(args, console)
+    out = args.out or ROOT / "bench-results" / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2))
+    console.print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,476 @@
+"""How much memory a run needs, before it starts: the `--dry-run` report and the up-front fit check.
+
+The estimate is a model of measurements. Its exact part comes from tracing: the decoder and CLIP's image tower
+are built on the meta device (no memory, no compute) and run once under `saved_tensors_hooks`, which counts every
+byte autograd keeps for backward — for this model, size, cutn, dtype and low-memory mode, through the same lean
+forwards a run uses. Its fitted part was calibrated on the CPU of the build machine with the real architectures
+at random weights (`scripts/bench.py engine --modes ours,ours-lowmem`, sizes 128–512, cutn 8–64):
+
+    peak RSS ≈ RUNTIME + weights + DEC_FACTOR · decoder saved + CLIP_FACTOR · CLIP saved + SCRATCH · pixels
+
+RUNTIME is the interpreter with torch, open_clip and taming imported; the factors cover backward's scratch
+(gradients in flight, oneDNN/NNPACK workspaces, allocator slack). On CUDA the same traced bytes count against
+`torch.cuda.mem_get_info()` without the runtime term (the CUDA context is outside the allocator); those
+factors are not calibrated on a GPU yet and use the CPU ones.
+
+The load phase is estimated too (whole CLIP before its text tower is released, a first checkpoint load before
+the decoder cache exists); the estimate is the larger of the two phases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from vqclip.errors import VqclipError
+
+GiB = 2**30
+MiB = 2**20
+
+# --- calibration (see module docstring; numbers from bench-results on the 2-core build machine) ----------------
+RUNTIME_CPU = 560 * MiB  # RSS of a process that imported torch (CUDA build), open_clip, taming and vqclip
+DEC_FACTOR = 1.6  # peak / traced decoder bytes (backward holds grads and recomputed norms beside the saved ones)
+CLIP_FACTOR = 1.35  # peak / traced CLIP bytes
+SCRATCH_PER_PIXEL = 48  # bytes per output pixel: image, mip levels, clamp, frames
+LOW_MEMORY_CLIP_CHUNK = 8  # cutouts per CLIP forward+backward in low-memory mode
+CPU_CLIP_CHUNK = 16  # on the CPU always: halves CLIP's activations at cutn 32, no measurable time cost
+HEADROOM = 0.9  # switch low-memory on when the normal estimate passes this share of the budget
+BUDGET_ENV = "VQCLIP_MEMORY_BUDGET"  # e.g. "6GiB", "800MB": pretend this much memory is free (tests, sharing)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Estimated peak memory of one run, in bytes, by part."""
+
+    device: str
+    width: int
+    height: int
+    cutn: int
+    low_memory: bool
+    precision: str
+    runtime: int
+    weights: int
+    decoder_activations: int
+    clip_activations: int
+    scratch: int
+    load_phase: int
+
+    @property
+    def step_phase(self) -> int:
+        return self.runtime + self.weights + self.decoder_activations + self.clip_activations + self.scratch
+
+    @property
+    def total(self) -> int:
+        return max(self.step_phase, self.load_phase)
+
+
+@dataclass
+class Plan:
+    """What a run will use, decided before anything large is loaded."""
+
+    estimate: Estimate
+    low_memory: bool
+    budget: int | None
+    note: str | None = None  # a line for the user (low-memory switched on automatically, …)
+
+    precision: Any = None
+
+    @property
+    def weight_dtype(self) -> Any:
+        """Storage dtype of the frozen weights during the steps (None = leave as loaded)."""
+        return getattr(self.precision, "weights", None)
+
+    @property
+    def clip_chunk(self) -> int:
+        """`LoopSettings.clip_chunk` (0 = all cutouts in one CLIP batch)."""
+        return clip_chunk_for(self.estimate.device, self.low_memory, self.estimate.cutn)
+
+
+@dataclass
+class _Arch:
+    """Traced facts about one model pair (cached: tracing takes a fraction of a second)."""
+
+    decoder_weights: int
+    codebook: int
+    encoder_weights: int
+    clip_visual_weights: int
+    clip_total_weights: int
+    clip_input: int
+    clip_model: Any = field(repr=False)  # on the meta device
+    trace_decoder: Callable[[int, int, Any, bool], int] = field(repr=False)
+    clip_per_cutout: dict[Any, int] = field(default_factory=dict)  # traced bytes per cutout, by dtype
+
+
+_ARCH_CACHE: dict[tuple[str, str], _Arch] = {}
+
+
+# ------------------------------------------------------------------------------------------------- tracing
+@contextlib.contextmanager
+def count_saved() -> Any:
+    """Count the bytes autograd saves for backward inside the block (parameters and their views excluded)."""
+    import torch
+
+    total = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        base = t._base if t._base is not None else t
+        if not isinstance(base, torch.nn.Parameter) and not isinstance(t, torch.nn.Parameter):
+            total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield total
+
+
+def _nbytes(module: Any) -> int:
+    if module is None:
+        return 0
+    return sum(p.numel() * p.element_size() for p in module.parameters()) + \
+        sum(b.numel() * b.element_size() for b in module.buffers())
+
+
+def _arch(spec: Any, clip_name: str) -> _Arch:
+    key = (repr(spec), clip_name)
+    if key in _ARCH_CACHE:
+        return _ARCH_CACHE[key]
+    import torch
+
+    from vqclip.engine import decoder as lean
+    from vqclip.engine.clip import quiet_logs, resolve_clip_name
+    from vqclip.engine.vqgan import VQGAN
+
+    with torch.device("meta"):
+        vq = VQGAN(spec, with_encoder=True)
+    vq.requires_grad_(False)
+    import open_clip
+
+    with quiet_logs(), contextlib.redirect_stdout(io.StringIO()):
+        clip = open_clip.create_model(resolve_clip_name(clip_name), pretrained=None, device="meta")
+    clip.requires_grad_(False)
+    size = clip.visual.image_size
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    def trace_decoder(width: int, height: int, dtype: Any, low_memory: bool) -> int:
+        f = spec.factor
+        z = torch.empty(1, spec.embed_dim, height // f, width // f, device="meta", dtype=dtype,
+                        requires_grad=True)
+        if not lean.lean_supported(vq.decoder):
+            with count_saved() as n:
+                vq.decoder(vq.post_quant_conv(z))
+            return n[0]
+        with count_saved() as outer:
+            h = lean.frozen_conv(vq.post_quant_conv, z)
+            h = lean.frozen_conv(vq.decoder.conv_in, h)
+        inside, inputs, largest = 0, 0, 0
+        for fn, block in lean.stages(vq.decoder):
+            inputs += h.numel() * h.element_size()
+            with count_saved() as n:
+                h = fn(block, h)
+            inside += n[0]
+            largest = max(largest, n[0])
+        with count_saved() as tail:
+            lean.frozen_conv(vq.decoder.conv_out, lean.norm_swish(vq.decoder.norm_out, h))
+        fixed = outer[0] + tail[0]
+        # low memory: only block inputs stay; backward recomputes one block at a time
+        return fixed + (inputs + largest if low_memory else inside)
+
+    arch = _Arch(
+        decoder_weights=_nbytes(vq.decoder) + _nbytes(vq.post_quant_conv),
+        codebook=vq.codebook.numel() * 4,
+        encoder_weights=_nbytes(vq.encoder) + _nbytes(vq.quant_conv),
+        clip_visual_weights=_nbytes(clip.visual),
+        clip_total_weights=_nbytes(clip),
+        clip_input=size,
+        clip_model=clip,
+        trace_decoder=trace_decoder,
+    )
+    _ARCH_CACHE[key] = arch
+    return arch
+
+
+def _clip_saved(arch: _Arch, cutn: int, dtype: Any) -> int:
+    """Bytes CLIP's image tower keeps for backward for `cutn` cutouts (linear in cutn: traced at 2 cutouts)."""
+    import torch
+
+    if dtype not in arch.clip_per_cutout:
+        from vqclip.engine import vit
+
+        visual = arch.clip_model.visual
+        s = arch.clip_input
+        x = torch.empty(2, 3, s, s, device="meta", dtype=dtype, requires_grad=True)
+        with count_saved() as n:
+            if vit.lean_supported(visual):
+                vit.encode_image(visual, x)
+            else:
+                visual(x)
+        arch.clip_per_cutout[dtype] = n[0] // 2
+    return arch.clip_per_cutout[dtype] * cutn
+
+
+# ------------------------------------------------------------------------------------------------ estimate
+def clip_chunk_for(device: Any, low_memory: bool, cutn: int) -> int:
+    """Cutouts per CLIP forward+backward (0 = all at once). On the CPU, batches of 16 cost nothing measurable
+    (256², 2 cores: 7.17 vs 7.42 s/step) and free ~350 MiB at cutn 32; low-memory mode goes down to 8."""
+    chunk = LOW_MEMORY_CLIP_CHUNK if low_memory else (CPU_CLIP_CHUNK if str(device).startswith("cpu") else 0)
+    return chunk if 0 < chunk < cutn else 0
+
+
+def estimate(spec: Any, clip_name: str, width: int, height: int, cutn: int, device: Any = "cpu",
+             precision: Any = None, low_memory: bool = False, with_encoder: bool = False,
+             first_load_bytes: int = 0) -> Estimate:
+    """Estimated peak memory (bytes) of a run; `precision` is an `engine.precision.Precision` (None = fp32)."""
+    import torch
+
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    arch = _arch(spec, clip_name)
+    dec_dt = getattr(precision, "decoder", None) or torch.float32
+    clip_dt = getattr(precision, "clip", None) or torch.float32
+    stored = getattr(precision, "weights", None)
+    w_scale = torch.finfo(stored).bits / 32 if stored is not None else 1.0
+    weights = int((arch.decoder_weights + arch.clip_visual_weights) * w_scale + arch.codebook)
+    dec = int(DEC_FACTOR * arch.trace_decoder(width, height, dec_dt, low_memory))
+    chunk = clip_chunk_for(device, low_memory, cutn) or cutn
+    clip = int(CLIP_FACTOR * _clip_saved(arch, chunk, clip_dt))
+    runtime = RUNTIME_CPU if device.type == "cpu" else 0
+    scratch = SCRATCH_PER_PIXEL * width * height
+    load = runtime + arch.decoder_weights + arch.codebook + arch.clip_total_weights + first_load_bytes + (
+        arch.encoder_weights if with_encoder else 0)
+    desc = precision.describe() if hasattr(precision, "describe") else "fp32"
+    return Estimate(str(device), width, height, cutn, low_memory, desc, runtime, weights, dec, clip, scratch, load)
+
+
+def largest_fitting(spec: Any, clip_name: str, width: int, height: int, cutn: int, budget: int, device: Any,
+                    precision: Any, low_memory: bool, **kw: Any) -> tuple[int, int] | None:
+    """The largest size with the aspect ratio of `width`×`height` (multiples of the VQGAN factor) that fits."""
+    f = spec.factor
+
+    def size_at(scale: float) -> tuple[int, int]:
+        return max(f, int(width * scale) // f * f), max(f, int(height * scale) // f * f)
+
+    def fits(scale: float) -> bool:
+        w, h = size_at(scale)
+        return estimate(spec, clip_name, w, h, cutn, device, precision, low_memory, **kw).total <= budget
+
+    lo = f / max(width, height)
+    if not fits(lo):
+        return None
+    hi = lo
+    while fits(hi * 2) and hi < 64:
+        hi *= 2
+    lo, hi = hi, hi * 2
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return size_at(lo)
+
+
+# --------------------------------------------------------------------------------------------------- budget
+def parse_bytes(text: str) -> int:
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b?)\s*", text.strip().lower())
+    if not m:
+        raise VqclipError(f"{BUDGET_ENV}={text!r} is not a size; write e.g. 6GiB or 800MB")
+    unit = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2)]
+    return int(float(m.group(1)) * unit)
+
+
+def memory_budget(device: Any) -> int | None:
+    """Bytes this run may use: `VQCLIP_MEMORY_BUDGET`, else free GPU memory, else available RAM (+ what this
+    process already holds, since the estimate counts the runtime). None when it cannot be told."""
+    env = os.environ.get(BUDGET_ENV)
+    if env:
+        return parse_bytes(env)
+    import torch
+
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_allocated(device))
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover
+        return None
+    available = psutil.virtual_memory().available
+    if device.type == "cpu":
+        return int(available + psutil.Process().memory_info().rss)
+    return int(available)
+
+
+def fmt(n: int | float) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB"
+
+
+# ----------------------------------------------------------------------------------------------------- plan
+class WontFit(VqclipError):
+    """A run that the estimate says cannot fit in the memory available."""
+
+
+def plan_run(config: Any, spec: Any, width: int, height: int, device: Any, precision: Any, *,
+             with_encoder: bool = False, first_load_bytes: int = 0) -> Plan:
+    """Decide low-memory mode (when `config.low_memory` is None) and refuse up front a run that will not fit."""
+    budget = memory_budget(device)
+    kw = {"with_encoder": with_encoder, "first_load_bytes": first_load_bytes}
+    args = (spec, config.clip_model, width, height, config.cutn, device, precision)
+    normal = estimate(*args, low_memory=False, **kw)
+    if config.low_memory is not None:
+        low = bool(config.low_memory)
+    else:
+        low = budget is not None and normal.total > HEADROOM * budget
+    est = estimate(*args, low_memory=True, **kw) if low else normal
+    note = None
+    if low and config.low_memory is None:
+        note = (f"low-memory mode on: {width}x{height} with cutn {config.cutn} needs about {fmt(normal.total)} "
+                f"normally, {fmt(est.total)} with decoder checkpointing; {fmt(budget or 0)} available")
+    if budget is not None and est.total > budget:
+        raise WontFit(_refusal(config, spec, width, height, device, precision, est, budget, kw))
+    return Plan(est, low, budget, note, precision)
+
+
+def _refusal(config: Any, spec: Any, width: int, height: int, device: Any, precision: Any, est: Estimate,
+             budget: int, kw: dict[str, Any]) -> str:
+    """One line: what the run needs, what there is, and the largest size that would fit."""
+    allow_low = config.low_memory is not False
+
+    def best_for(low: bool) -> tuple[int, int] | None:
+        return largest_fitting(spec, config.clip_model, width, height, config.cutn, budget, device, precision, low,
+                               **kw)
+
+    best = best_for(allow_low)
+    hint = ""
+    if not allow_low:
+        low_best = best_for(True)
+        if low_best and (best is None or low_best[0] * low_best[1] > best[0] * best[1]):
+            hint = f" ({low_best[0]}x{low_best[1]} with --low-memory)"
+    head = (f"{width}x{height} with cutn {config.cutn} needs about {fmt(est.total)}"
+            f"{' even in low-memory mode' if est.low_memory else ''} but {device} has {fmt(budget)} available")
+    if best is None:
+        return f"{head}; no size fits{hint or ''}: lower --cutn or free some memory"
+    return f"{head}; the largest size that fits is {best[0]}x{best[1]}{hint} (or lower --cutn)"
+
+
+def first_load_bytes(ckpt_path: Any) -> int:
+    """A first load reads the whole checkpoint (optimizer states included) before the decoder cache exists."""
+    try:
+        from vqclip.checkpoints import cache_path
+
+        ckpt = Path(ckpt_path)
+        return 0 if cache_path(ckpt).is_file() else ckpt.stat().st_size
+    except (OSError, ImportError, TypeError):
+        return 0
+
+
+def prepare_for_steps(models: Any, plan: Plan) -> None:
+    """Once the session has started: free what the steps never use and store frozen weights as planned."""
+    if plan.weight_dtype is not None:
+        models.vqgan.set_weight_dtype(plan.weight_dtype)
+        models.clip.set_weight_dtype(plan.weight_dtype)
+    release_unused(models)
+
+
+def release_unused(models: Any) -> None:
+    """After the prompts are embedded and the session started: free CLIP's text tower and the VQGAN encoder,
+    and hand the freed pages back to the OS (glibc keeps freed heap memory otherwise: ~250 MiB for ViT-B/32's
+    text tower stayed in the process's RSS)."""
+    models.clip.release_text_tower()
+    models.vqgan.drop_encoder()
+    import gc
+
+    gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """`malloc_trim(0)` on glibc (Linux); nothing elsewhere."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # musl and friends have no malloc_trim
+        pass
+
+
+# -------------------------------------------------------------------------------------------------- dry run
+def _model_yaml(model: str, weights_dir: Any) -> Path:
+    """The taming yaml for a registry name, a custom name or a path, without downloading anything."""
+    from vqclip.weights import custom_models, packaged_yaml
+    from vqclip.weights import weights_dir as resolve_dir
+
+    text = model.strip()
+    packaged = packaged_yaml(text)
+    if packaged is not None:
+        return packaged
+    folder = resolve_dir(weights_dir)
+    customs = custom_models(folder)
+    if text in customs:
+        return customs[text]
+    p = Path(text).expanduser()
+    if p.suffix == ".yaml" and p.is_file():
+        return p
+    if p.suffix in (".ckpt", ".pt", ".pth") and p.with_suffix(".yaml").is_file():
+        return p.with_suffix(".yaml")
+    raise VqclipError(f"cannot find the .yaml of model {model!r} for the estimate; pass a registry name "
+                      "(see `vqclip weights list`) or a path to a taming .yaml")
+
+
+def dry_run(config: Any, *, weights_dir: Any = None, console: Any = None) -> Estimate:
+    """Print the estimated peak memory of `config` and the largest size that fits; start nothing."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from vqclip import engine
+    from vqclip.engine.precision import choose_precision
+    from vqclip.prompts import floor_size
+
+    console = console or Console()
+    spec = engine.read_spec(_model_yaml(config.model, weights_dir))
+    width, height = floor_size(config.width, config.height, spec.factor)
+    device = engine.pick_device(config.device)
+    precision = choose_precision(config.precision, device)
+    budget = memory_budget(device)
+    args = (spec, config.clip_model, width, height, config.cutn, device, precision)
+    with_encoder = bool(config.init_image)
+    normal = estimate(*args, low_memory=False, with_encoder=with_encoder)
+    low = estimate(*args, low_memory=True, with_encoder=with_encoder)
+    if config.low_memory is None:
+        auto_low = budget is not None and normal.total > HEADROOM * budget
+    else:
+        auto_low = bool(config.low_memory)
+    chosen = low if auto_low else normal
+
+    table = Table(title=f"Estimated peak memory: {width}x{height}, cutn {config.cutn}, {config.model} + "
+                        f"{config.clip_model} on {device} ({precision.describe()})", title_justify="left")
+    table.add_column("part")
+    table.add_column("normal", justify="right")
+    table.add_column("low-memory", justify="right")
+    for label, attr in (("runtime (torch, libraries)", "runtime"), ("weights", "weights"),
+                        ("decoder activations", "decoder_activations"), ("CLIP activations", "clip_activations"),
+                        ("image, cutouts, scratch", "scratch"), ("peak while stepping", "step_phase"),
+                        ("peak while loading", "load_phase"), ("estimated peak", "total")):
+        table.add_row(label, fmt(getattr(normal, attr)), fmt(getattr(low, attr)))
+    console.print(table)
+    mode = "low-memory" if auto_low else "normal"
+    if budget is None:
+        console.print(f"This run would use {mode} mode; available memory unknown.")
+        return chosen
+    verdict = "fits" if chosen.total <= budget else "does NOT fit"
+    console.print(f"Available on {device}: {fmt(budget)} → {mode} mode, {verdict} "
+                  f"({'switched on automatically' if auto_low and config.low_memory is None else 'as asked' if config.low_memory is not None else 'not needed'}).")
+    for lm, label in ((False, "normal"), (True, "low-memory")):
+        best = largest_fitting(spec, config.clip_model, width, height, config.cutn, budget, device, precision, lm,
+                               with_encoder=with_encoder)
+        shown = f"{best[0]}x{best[1]}" if best else "none"
+        console.print(f"Largest size that fits ({label}, cutn {config.cutn}): {shown}")
+    return chosen
+
+
+__all__ = ["Estimate", "Plan", "WontFit", "estimate", "plan_run", "dry_run", "memory_budget", "largest_fitting",
+           "release_unused", "count_saved", "fmt", "parse_bytes"]
