@@ -117,7 +117,9 @@ def _ours(args: argparse.Namespace, device: Any, mode: str) -> tuple[list[float]
     times: list[float] = []
     session.run(args.warmup + args.steps, lambda info: times.append(info.seconds))
     info = {"built_rss_mb": round(built, 1), "precision": precision.describe(), "low_memory": plan.low_memory,
-            "clip_chunk": chunk, "estimate_mb": round(plan.estimate.total / 2**20, 1)}
+            "clip_chunk": chunk, "estimate_mb": round(plan.estimate.total / 2**20, 1),
+            "estimate_parts_mb": {k: round(v / 2**20, 1) for k, v in dataclasses.asdict(plan.estimate).items()
+                                  if isinstance(v, int) and not isinstance(v, bool) and k not in ("width", "height", "cutn")}}
     if session.compile_error:
         info["compile_error"] = session.compile_error
     return times, info

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import warnings
 from pathlib import Path
 
 import psutil
@@ -16,7 +17,7 @@ from vqclip import engine, memory
 from vqclip.cli import app
 from vqclip.config import build_config
 from vqclip.engine import loop
-from vqclip.memory import trim_heap
+from vqclip.engine.heap import trim_heap
 from vqclip.engine.precision import Precision, choose_precision
 from vqclip.weights import packaged_yaml
 
@@ -40,11 +41,11 @@ def tiny_session(t: dict, **settings: object) -> engine.Session:
 
 def live_tensors() -> int:
     gc.collect()
-    return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+    with warnings.catch_warnings():  # isinstance on torch.distributed's deprecated aliases warns
+        warnings.simplefilter("ignore")
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
 
 
-@pytest.mark.xfail(strict=True, reason="known leak: ~42 decoder/attention activation tensors survive each run "
-                   "(traced estimate or autograd context); fix in progress, see the issue 6 closing note")
 def test_ten_runs_in_one_process_do_not_grow_memory(tiny_models, tmp_path):
     """The original app leaked memory across runs until a restart; here the 10th run ends where the 3rd did."""
     from vqclip.pipeline import RunRequest, execute
@@ -72,7 +73,7 @@ def test_estimate_grows_with_size_and_cutn_and_low_memory_is_smaller():
     by_size = [memory.estimate(spec, clip, s, s, 32, "cpu").total for s in (128, 256, 384, 512, 1024)]
     assert by_size == sorted(by_size) and len(set(by_size)) == len(by_size)
     by_cutn = [memory.estimate(spec, clip, 256, 256, n, "cpu").total for n in (1, 8, 32, 64, 128)]
-    assert by_cutn == sorted(by_cutn) and by_cutn[0] < by_cutn[-1]  # CLIP runs in chunks on the CPU: steps, not a line
+    assert by_cutn == sorted(by_cutn) and len(set(by_cutn)) == len(by_cutn)
     for s in (256, 1024):
         normal = memory.estimate(spec, clip, s, s, 64, "cpu")
         low = memory.estimate(spec, clip, s, s, 64, "cpu", low_memory=True)
@@ -106,7 +107,7 @@ def test_run_that_cannot_fit_is_refused_up_front(tiny_models, tmp_path, monkeypa
     assert "\n" not in line, r.output
     assert "1024x512" in line and "largest size that fits is" in line
     w, h = (int(v) for v in line.split("largest size that fits is ")[1].split()[0].split("x"))
-    assert 64 <= w < 1024 and abs(h - w // 2) <= 2  # aspect kept, each side floored to the factor
+    assert 64 <= w < 1024 and abs(2 * h - w) <= 4
     assert not out.exists() or not any(out.iterdir())  # no run folder
 
 
@@ -202,7 +203,7 @@ def test_lean_decoder_matches_taming(tiny_models):
         out = vq.decode(z, low_memory=low)
         out.backward(g)
         assert torch.allclose(out, ref, atol=1e-5)
-        assert torch.allclose(z.grad, z2.grad, rtol=1e-3, atol=1e-5)
+        assert (z.grad - z2.grad).norm() / z2.grad.norm() < 1e-5
 
 
 def test_lean_vit_matches_open_clip(tiny_models):
@@ -218,7 +219,7 @@ def test_lean_vit_matches_open_clip(tiny_models):
     ref.backward(g)
     out.backward(g)
     assert torch.allclose(out, ref, atol=1e-5)
-    assert torch.allclose(x.grad, x2.grad, rtol=1e-3, atol=1e-5)
+    assert (x.grad - x2.grad).norm() / x2.grad.norm() < 1e-5
 
 
 def test_text_tower_released_and_encoder_dropped(tiny_models):

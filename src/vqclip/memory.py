@@ -6,10 +6,11 @@ byte autograd keeps for backward — for this model, size, cutn, dtype and low-m
 forwards a run uses. Its fitted part was calibrated on the CPU of the build machine with the real architectures
 at random weights (`scripts/bench.py engine --modes ours,ours-lowmem`, sizes 128–512, cutn 8–64):
 
-    peak RSS ≈ RUNTIME + weights + DEC_FACTOR · decoder saved + CLIP_FACTOR · CLIP saved + SCRATCH · pixels
+    peak RSS ≈ RUNTIME + weights + DEC_FACTOR · decoder saved + CLIP_FACTOR · CLIP saved (per chunk)
+               + NNPACK workspace + cutouts + constant
 
 RUNTIME is the interpreter with torch, open_clip and taming imported; the factors cover backward's scratch
-(gradients in flight, oneDNN/NNPACK workspaces, allocator slack). On CUDA the same traced bytes count against
+(gradients in flight, allocator slack). On CUDA the same traced bytes count against
 `torch.cuda.mem_get_info()` without the runtime term (the CUDA context is outside the allocator); those
 factors are not calibrated on a GPU yet and use the CPU ones.
 
@@ -32,11 +33,17 @@ from vqclip.errors import VqclipError
 GiB = 2**30
 MiB = 2**20
 
-# --- calibration (see module docstring; numbers from bench-results on the 2-core build machine) ----------------
-RUNTIME_CPU = 560 * MiB  # RSS of a process that imported torch (CUDA build), open_clip, taming and vqclip
-DEC_FACTOR = 1.6  # peak / traced decoder bytes (backward holds grads and recomputed norms beside the saved ones)
-CLIP_FACTOR = 1.35  # peak / traced CLIP bytes
-SCRATCH_PER_PIXEL = 48  # bytes per output pixel: image, mip levels, clamp, frames
+# --- calibration: least squares over 8 runs (128–512², normal and low-memory, cutn 32) of
+# `scripts/bench.py engine --modes ours,ours-lowmem` on the 2-core build machine; every run within 4.2% of its
+# measured peak RSS (in-sample). Traced bytes are multiplied by these factors: backward holds gradients and
+# recomputed norms beside the saved tensors, and the allocator keeps some slack.
+RUNTIME_CPU = 984 * MiB  # RSS of a process that imported torch (CUDA build), torchvision, open_clip, taming, vqclip
+DEC_FACTOR = 1.17  # peak / traced decoder bytes
+CLIP_FACTOR = 1.30  # peak / traced CLIP bytes (per chunk of cutouts)
+NNPACK_WORKSPACE = 1.56  # NNPACK's kept workspace / (4 bytes · (C_in + C_out) · pixels) of its largest conv
+STEP_OVERHEAD = 126 * MiB  # the fit's constant beyond the cutouts: small tensors, optimizer, allocator slack
+SCRATCH_PER_PIXEL = 48  # bytes per output pixel: image, clamp, progress frame
+CUTOUT_COPIES = 5  # cutouts alive at once: sampled, augmented, normalised, the CLIP input and its gradient
 LOW_MEMORY_CLIP_CHUNK = 8  # cutouts per CLIP forward+backward in low-memory mode
 CPU_CLIP_CHUNK = 16  # on the CPU always: halves CLIP's activations at cutn 32, no measurable time cost
 HEADROOM = 0.9  # switch low-memory on when the normal estimate passes this share of the budget
@@ -59,10 +66,12 @@ class Estimate:
     clip_activations: int
     scratch: int
     load_phase: int
+    workspace: int = 0  # NNPACK's convolution workspace (CPU, normal mode)
 
     @property
     def step_phase(self) -> int:
-        return self.runtime + self.weights + self.decoder_activations + self.clip_activations + self.scratch
+        return (self.runtime + self.weights + self.decoder_activations + self.clip_activations + self.scratch
+                + self.workspace)
 
     @property
     def total(self) -> int:
@@ -112,18 +121,24 @@ _ARCH_CACHE: dict[tuple[str, str], _Arch] = {}
 # ------------------------------------------------------------------------------------------------- tracing
 @contextlib.contextmanager
 def count_saved() -> Any:
-    """Count the bytes autograd saves for backward inside the block (parameters and their views excluded)."""
+    """Count the bytes autograd saves for backward inside the block (parameters and their views excluded);
+    the graph made inside cannot be run backward."""
     import torch
 
     total = [0]
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    def pack(t: torch.Tensor) -> None:
         base = t._base if t._base is not None else t
         if not isinstance(base, torch.nn.Parameter) and not isinstance(t, torch.nn.Parameter):
             total[0] += t.numel() * t.element_size()
-        return t
+        # Keep nothing: a traced graph is never run backward, and handing back `t` itself would make a
+        # reference cycle through C++ (an output saved by its own node) that Python's gc cannot free.
+        return None
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def unpack(_: None) -> torch.Tensor:
+        raise RuntimeError("a graph traced by vqclip.memory.count_saved cannot be run backward")
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         yield total
 
 
@@ -237,11 +252,19 @@ def estimate(spec: Any, clip_name: str, width: int, height: int, cutn: int, devi
     chunk = clip_chunk_for(device, low_memory, cutn) or cutn
     clip = int(CLIP_FACTOR * _clip_saved(arch, chunk, clip_dt))
     runtime = RUNTIME_CPU if device.type == "cpu" else 0
-    scratch = SCRATCH_PER_PIXEL * width * height
+    scratch = SCRATCH_PER_PIXEL * width * height + CUTOUT_COPIES * cutn * 3 * arch.clip_input ** 2 * 4 + (
+        STEP_OVERHEAD if device.type == "cpu" else 0)
+    workspace = 0
+    if device.type == "cpu" and dec_dt == torch.float32 and not low_memory and torch.backends.nnpack.is_available():
+        dd = spec.ddconfig
+        c0 = dd["ch"] * dd["ch_mult"][0]
+        c1 = dd["ch"] * dd["ch_mult"][min(1, len(dd["ch_mult"]) - 1)]
+        workspace = int(NNPACK_WORKSPACE * 4 * (c0 + max(c0, c1)) * width * height)
     load = runtime + arch.decoder_weights + arch.codebook + arch.clip_total_weights + first_load_bytes + (
         arch.encoder_weights if with_encoder else 0)
     desc = precision.describe() if hasattr(precision, "describe") else "fp32"
-    return Estimate(str(device), width, height, cutn, low_memory, desc, runtime, weights, dec, clip, scratch, load)
+    return Estimate(str(device), width, height, cutn, low_memory, desc, runtime, weights, dec, clip, scratch, load,
+                    workspace)
 
 
 def largest_fitting(spec: Any, clip_name: str, width: int, height: int, cutn: int, budget: int, device: Any,
@@ -379,23 +402,10 @@ def release_unused(models: Any) -> None:
     models.vqgan.drop_encoder()
     import gc
 
+    from vqclip.engine.heap import trim_heap
+
     gc.collect()
     trim_heap()
-
-
-def trim_heap() -> None:
-    """`malloc_trim(0)` on glibc (Linux); nothing elsewhere."""
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # musl and friends have no malloc_trim
-        pass
 
 
 # -------------------------------------------------------------------------------------------------- dry run
@@ -453,7 +463,7 @@ def dry_run(config: Any, *, weights_dir: Any = None, console: Any = None) -> Est
     table.add_column("low-memory", justify="right")
     for label, attr in (("runtime (torch, libraries)", "runtime"), ("weights", "weights"),
                         ("decoder activations", "decoder_activations"), ("CLIP activations", "clip_activations"),
-                        ("image, cutouts, scratch", "scratch"), ("peak while stepping", "step_phase"),
+                        ("convolution workspace", "workspace"), ("image, cutouts, scratch", "scratch"), ("peak while stepping", "step_phase"),
                         ("peak while loading", "load_phase"), ("estimated peak", "total")):
         table.add_row(label, fmt(getattr(normal, attr)), fmt(getattr(low, attr)))
     console.print(table)

@@ -17,7 +17,8 @@ tensors each instead of ~8. `checkpoint=True` (low-memory mode) additionally rec
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,20 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 NNPACK_MIN_PIXELS = 64 * 64
 _NNPACK: list[bool] = []
+# NNPACK keeps its workspace (sized by the largest convolution it ran: ~150 MiB at 256², ~300 MiB at 384²
+# for the f16 decoder) for the life of the process; low-memory mode turns it off.
+_USE_NNPACK = [True]
+
+
+@contextlib.contextmanager
+def nnpack(enabled: bool) -> Iterator[None]:
+    """Allow (or forbid) NNPACK for the convolutions run inside the block, their backward included."""
+    before = _USE_NNPACK[0]
+    _USE_NNPACK[0] = enabled
+    try:
+        yield
+    finally:
+        _USE_NNPACK[0] = before
 
 
 def _nnpack_available() -> bool:
@@ -43,7 +58,7 @@ class _FrozenConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
                 padding: int) -> torch.Tensor:
-        ctx.weight, ctx.padding, ctx.shape = weight, padding, x.shape
+        ctx.weight, ctx.padding, ctx.shape, ctx.nnpack = weight, padding, x.shape, _USE_NNPACK[0]
         return conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), padding)
 
     @staticmethod
@@ -51,7 +66,8 @@ class _FrozenConv(torch.autograd.Function):
         w, p = ctx.weight.to(grad.dtype), ctx.padding
         k = w.shape[-1]
         if w.shape[-2] == k and 2 * p == k - 1:  # "same" convolution: the input gradient is a convolution too
-            gx = conv2d(grad, w.transpose(0, 1).flip(2, 3), None, p)
+            with nnpack(ctx.nnpack):
+                gx = conv2d(grad, w.transpose(0, 1).flip(2, 3), None, p)
         else:
             gx = torch.nn.grad.conv2d_input(ctx.shape, w, grad, padding=p)
         return gx, None, None, None
@@ -60,7 +76,7 @@ class _FrozenConv(torch.autograd.Function):
 def _nnpack_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """NNPACK's Winograd 3×3 convolution is about 2× faster than oneDNN's direct one on AVX2 CPUs for the
     decoder's large feature maps (measured: 128 ch at 256², 0.115 s vs 0.245 s); oneDNN wins on small maps."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+    return (_USE_NNPACK[0] and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and weight.shape[-1] == 3 and weight.shape[-2] == 3 and x.shape[-1] * x.shape[-2] >= NNPACK_MIN_PIXELS
             and _nnpack_available())
 
@@ -141,7 +157,8 @@ def upsample(block: Any, x: torch.Tensor) -> torch.Tensor:
 def _maybe_checkpoint(fn: Callable[[Any, torch.Tensor], torch.Tensor], block: Any, x: torch.Tensor,
                       enabled: bool) -> torch.Tensor:
     if enabled and torch.is_grad_enabled() and x.requires_grad:
-        return _checkpoint(fn, block, x, use_reentrant=False)
+        allow = _USE_NNPACK[0]  # the recomputation in backward runs under the same NNPACK setting
+        return _checkpoint(fn, block, x, use_reentrant=False, context_fn=lambda: (nnpack(allow), nnpack(allow)))
     return fn(block, x)
 
 
@@ -176,11 +193,13 @@ def lean_supported(decoder: Any) -> bool:
 
 
 def decode(decoder: Any, h: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
-    """taming `Decoder.forward(z)` with the lean blocks above (`h` is the post-quant-conv latent), in `h.dtype`."""
+    """taming `Decoder.forward(z)` with the lean blocks above (`h` is the post-quant-conv latent), in `h.dtype`.
+    `checkpoint` (low-memory mode) recomputes each block in backward and keeps NNPACK's workspace away."""
     if not lean_supported(decoder):
         return decoder(h)
-    h = frozen_conv(decoder.conv_in, h)
-    for fn, block in stages(decoder):
-        h = _maybe_checkpoint(fn, block, h, checkpoint)
-    h = norm_swish(decoder.norm_out, h)
-    return frozen_conv(decoder.conv_out, h)
+    with nnpack(not checkpoint):
+        h = frozen_conv(decoder.conv_in, h)
+        for fn, block in stages(decoder):
+            h = _maybe_checkpoint(fn, block, h, checkpoint)
+        h = norm_swish(decoder.norm_out, h)
+        return frozen_conv(decoder.conv_out, h)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 
 from vqclip.engine.cutouts import Cutouts
+from vqclip.engine.heap import trim_heap
 from vqclip.engine.losses import Prompt, init_weight_at, tv_loss
 from vqclip.engine.ops import clamp_with_grad
 
@@ -208,8 +209,13 @@ class Session:
             losses["tv"] = self.s.tv_weight * tv_loss(out)
         return losses
 
+    def _trim(self) -> None:
+        if self.device.type == "cpu":  # freed activations back to the OS between phases (engine/heap.py)
+            trim_heap()
+
     def _backward(self, out: torch.Tensor) -> dict[str, float]:
         """Every loss term of this step, with its gradient accumulated into `z.grad`."""
+        self._trim()
         chunk = self.s.clip_chunk
         if chunk <= 0 or chunk >= self.s.cutn:
             losses = self._losses(out)
@@ -230,6 +236,7 @@ class Session:
             for k, v in terms.items():
                 values[k] = values.get(k, 0.0) + float(v.detach())
             del embeds, terms
+            self._trim()
         others = self._other_losses(out)
         grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
         torch.autograd.backward([cuts, *others.values()], [grad, *([None] * len(others))])
