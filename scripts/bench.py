@@ -14,7 +14,8 @@ steps, each configuration in a fresh subprocess so that peak memory is the proce
 - `ours`: what `vqclip generate` does by default (the same engine calls as `vqclip.pipeline.execute`);
 - `ours-lowmem`: `--low-memory` (decoder blocks recomputed in backward, CLIP over 8 cutouts at a time);
 - ablations of the default: `ours-fp32w` (frozen weights kept in fp32), `ours-nochunk` (CLIP over all cutouts
-  at once), `ours-compile` (`--compile`; the first step includes compiling).
+  at once), `ours-notrim` (no heap trimming between phases), `ours-nothp` (no transparent huge pages, see
+  `vqclip/hugepages.py`), `ours-compile` (`--compile`; the first step includes compiling).
 
 Prints a Rich table with our/classic ratios and writes JSON to `bench-results/` (or `--out`).
 """
@@ -41,7 +42,8 @@ MODEL = "vqgan_imagenet_f16_16384"
 CLIP = "ViT-B-32-quickgelu"
 PROMPT = "A sunny countryside with a Collie"
 TARGETS = {"memory_ratio": 0.5, "time_ratio": 0.8}
-MODES = ("classic", "ours", "ours-lowmem", "ours-fp32w", "ours-nochunk", "ours-compile")
+MODES = ("classic", "ours", "ours-lowmem", "ours-fp32w", "ours-nochunk", "ours-compile", "ours-notrim",
+         "ours-nothp")
 
 
 def _import_path() -> None:
@@ -93,6 +95,10 @@ def _ours(args: argparse.Namespace, device: Any, mode: str) -> tuple[list[float]
     from vqclip.engine.precision import choose_precision
     from vqclip.weights import packaged_yaml
 
+    if mode == "ours-notrim":  # ablation: no heap trimming between phases
+        from vqclip.engine import loop
+
+        loop.trim_heap = lambda: None
     cfg = build_config(None, {"prompt": PROMPT, "width": args.size, "height": args.size, "cutn": args.cutn,
                               "seed": 0, "clip_pretrained": "none", "device": args.device,
                               "low_memory": True if mode == "ours-lowmem" else None,
@@ -148,6 +154,11 @@ def _classic(args: argparse.Namespace, device: Any) -> tuple[list[float], dict[s
 
 def worker(args: argparse.Namespace) -> None:
     _import_path()
+    huge = False
+    if args.mode not in ("classic", "ours-nothp"):  # as `vqclip` does on start (classic: the notebook does not)
+        from vqclip import hugepages
+
+        huge = hugepages.enable()
     import torch
 
     from vqclip.engine import pick_device
@@ -162,7 +173,7 @@ def worker(args: argparse.Namespace) -> None:
     timed = times[args.warmup:]
     out = {"mode": args.mode, "size": args.size, "cutn": args.cutn, "device": str(device),
            "step_s": [round(t, 3) for t in times], "median_s": round(statistics.median(timed), 3),
-           "peak_rss_mb": round(_peak_rss_mb(), 1), "import_rss_mb": round(base, 1), **info}
+           "peak_rss_mb": round(_peak_rss_mb(), 1), "import_rss_mb": round(base, 1), "huge_pages": huge, **info}
     if device.type == "cuda":
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     print("BENCH-JSON " + json.dumps(out), flush=True)

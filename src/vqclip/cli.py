@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from vqclip import __version__
+from vqclip import __version__, hugepages
 from vqclip import cli_options as O
 from vqclip.cli_common import CONTEXT, err_console, handle_errors, out_console
 from vqclip.cli_continue import continue_run
@@ -166,6 +166,7 @@ def selftest(
 
 
 def main() -> None:
+    hugepages.enable()  # before anything imports torch
     app()
 
 

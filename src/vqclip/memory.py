@@ -4,7 +4,7 @@ The estimate is a model of measurements. Its exact part comes from tracing: the 
 are built on the meta device (no memory, no compute) and run once under `saved_tensors_hooks`, which counts every
 byte autograd keeps for backward — for this model, size, cutn, dtype and low-memory mode, through the same lean
 forwards a run uses. Its fitted part was calibrated on the CPU of the build machine with the real architectures
-at random weights (`scripts/bench.py engine --modes ours,ours-lowmem`, sizes 128–512, cutn 8–64):
+at random weights (`scripts/bench.py engine --modes ours,ours-lowmem --sizes 128,256,384,512`, cutn 32):
 
     peak RSS ≈ RUNTIME + weights + DEC_FACTOR · decoder saved + CLIP_FACTOR · CLIP saved (per chunk)
                + NNPACK workspace + cutouts + constant
@@ -86,8 +86,7 @@ class Plan:
     low_memory: bool
     budget: int | None
     note: str | None = None  # a line for the user (low-memory switched on automatically, …)
-
-    precision: Any = None
+    precision: Any = None  # engine.precision.Precision the estimate assumed
 
     @property
     def weight_dtype(self) -> Any:
@@ -473,7 +472,7 @@ def dry_run(config: Any, *, weights_dir: Any = None, console: Any = None) -> Est
         return chosen
     verdict = "fits" if chosen.total <= budget else "does NOT fit"
     console.print(f"Available on {device}: {fmt(budget)} → {mode} mode, {verdict} "
-                  f"({'switched on automatically' if auto_low and config.low_memory is None else 'as asked' if config.low_memory is not None else 'not needed'}).")
+                  f"({'low-memory switched on automatically' if auto_low and config.low_memory is None else 'as asked' if config.low_memory is not None else 'low-memory not needed'}).")
     for lm, label in ((False, "normal"), (True, "low-memory")):
         best = largest_fitting(spec, config.clip_model, width, height, config.cutn, budget, device, precision, lm,
                                with_encoder=with_encoder)

@@ -101,15 +101,17 @@ class _NormSwish(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        with torch.enable_grad():
+        with torch.enable_grad():  # the norm again (silu's backward needs its input, not its output)
             xf = x.detach().float().requires_grad_(True)
-            y = _norm_swish(xf, ctx.groups, ctx.weight, ctx.bias, ctx.eps)
-            (gx,) = torch.autograd.grad(y, xf, grad.float())
+            y = F.group_norm(xf, ctx.groups, ctx.weight.float(), ctx.bias.float(), ctx.eps)
+        gy = torch.ops.aten.silu_backward(grad.float(), y.detach())
+        (gx,) = torch.autograd.grad(y, xf, gy)
         return gx.to(x.dtype), None, None, None, None
 
 
 def _norm_swish(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.silu(F.group_norm(x.float(), groups, weight.float(), bias.float(), eps))
+    y = F.group_norm(x.float(), groups, weight.float(), bias.float(), eps)
+    return F.silu(y, inplace=not y.requires_grad)  # in place: the norm's output is a fresh tensor
 
 
 def frozen_conv(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

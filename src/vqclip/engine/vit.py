@@ -113,6 +113,24 @@ def residual_block(block: Any, x: torch.Tensor) -> torch.Tensor:
     return x + linear(h, mlp.c_proj.weight, mlp.c_proj.bias)
 
 
+def last_block_class_token(block: Any, x: torch.Tensor) -> torch.Tensor:
+    """`residual_block(block, x)[:, :1]` computed for the class token only: the pooled output reads nothing
+    else from the last block, so its other tokens need keys and values but no queries, attention output or MLP
+    (five sixths of the block's matmuls skipped, ~7% of ViT-B/32's; the same numbers up to float rounding)."""
+    attn = block.attn
+    b, n, e = x.shape
+    heads = attn.num_heads
+    w, bias = attn.in_proj_weight, attn.in_proj_bias
+    h = _layer_norm(block.ln_1, x)
+    q = linear(h[:, :1], w[:e], bias[:e]).view(b, 1, heads, e // heads).transpose(1, 2)
+    k, v = linear(h, w[e:], bias[e:]).view(b, n, 2, heads, e // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, 1, e)
+    x = x[:, :1] + linear(o, attn.out_proj.weight, attn.out_proj.bias)
+    mlp = block.mlp
+    h = _activation(mlp.gelu)(linear(_layer_norm(block.ln_2, x), mlp.c_fc.weight, mlp.c_fc.bias))
+    return x + linear(h, mlp.c_proj.weight, mlp.c_proj.bias)
+
+
 def encode_image(visual: Any, x: torch.Tensor) -> torch.Tensor:
     """open_clip `VisionTransformer.forward(x)` for the layout `lean_supported` accepts; runs in `x.dtype`
     whatever dtype the weights are stored in."""
@@ -127,7 +145,10 @@ def encode_image(visual: Any, x: torch.Tensor) -> torch.Tensor:
     cls = visual.class_embedding.to(t.dtype).view(1, 1, -1).expand(b, 1, -1)
     t = torch.cat([cls, t], 1) + visual.positional_embedding.to(t.dtype)
     t = _layer_norm(visual.ln_pre, t)
-    for block in visual.transformer.resblocks:
+    blocks = list(visual.transformer.resblocks)
+    for block in blocks[:-1]:
         t = residual_block(block, t)
+    if blocks:
+        t = last_block_class_token(blocks[-1], t)
     pooled = _layer_norm(visual.ln_post, t[:, 0])  # per-token norm: only the class token is needed
     return linear(pooled, visual.proj.T, None) if visual.proj is not None else pooled
