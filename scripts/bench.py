@@ -3,6 +3,7 @@
     python scripts/bench.py                 # engine + gallery
     python scripts/bench.py engine          # 256²/cutn 32 and 384²/cutn 32: ours vs classic
     python scripts/bench.py engine --sizes 256 --steps 3 --modes classic,ours,ours-lowmem
+    python scripts/bench.py fit             # estimated largest size for 8, 12 and 24 GiB GPUs (no GPU needed)
     python scripts/bench.py gallery --runs 2000
 
 Both sides build the real architectures with random weights (vqgan_imagenet_f16_16384's ddconfig from the
@@ -291,6 +292,42 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPU cores, {platform.machine()}"
 
 
+def bench_fit(args: argparse.Namespace, console: Any) -> dict[str, Any]:
+    """Largest square size per GPU memory size, from the memory model (`vqclip.memory`), not a measurement:
+    CUDA, bf16 (as `precision=auto` picks on bf16 cards), cutn `--cutn`, f16 ImageNet decoder + ViT-B/32."""
+    _import_path()
+    import torch
+    from rich.table import Table
+
+    from vqclip import engine, memory
+    from vqclip.engine.precision import Precision
+    from vqclip.weights import packaged_yaml
+
+    spec = engine.read_spec(packaged_yaml(MODEL))
+    bf16 = Precision(torch.bfloat16, torch.bfloat16, torch.bfloat16)
+    rows = []
+    t = Table(title=f"Estimated largest square image on a GPU (CUDA, bf16, cutn {args.cutn}; the memory model, "
+                    "not measured on a GPU)")
+    for col in ("GPU memory", "normal", "--low-memory", "480² needs"):
+        t.add_column(col, justify="right")
+    need480 = memory.estimate(spec, CLIP, 480, 480, args.cutn, torch.device("cuda"), bf16).total
+    for gib in (8, 12, 24):
+        budget = gib * memory.GiB - CUDA_CONTEXT
+        best = {low: memory.largest_fitting(spec, CLIP, 1024, 1024, args.cutn, budget, torch.device("cuda"), bf16,
+                                            low) for low in (False, True)}
+        row = {"gpu_gib": gib, "budget_bytes": budget, "normal": best[False], "low_memory": best[True]}
+        rows.append(row)
+        t.add_row(f"{gib} GiB", *(f"{b[0]}x{b[1]}" if b else "none" for b in (best[False], best[True])),
+                  memory.fmt(need480))
+    console.print(t)
+    console.print(f"[dim]budget = card memory − {memory.fmt(CUDA_CONTEXT)} for the CUDA context and libraries; "
+                  "the CUDA factors of the model are the CPU-calibrated ones[/dim]")
+    return {"rows": rows, "need_480_bytes": need480, "cuda_context_bytes": CUDA_CONTEXT, "measured": False}
+
+
+CUDA_CONTEXT = 600 * 2**20  # what the CUDA context and kernels take outside torch's allocator (typical)
+
+
 def bench_gallery_section(args: argparse.Namespace, console: Any) -> dict[str, Any] | None:
     path = SCRIPTS / "bench_gallery.py"
     if not path.is_file():
@@ -309,7 +346,7 @@ def bench_gallery_section(args: argparse.Namespace, console: Any) -> dict[str, A
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", nargs="?", default="all", choices=("engine", "gallery", "all", "_worker"))
+    ap.add_argument("section", nargs="?", default="all", choices=("engine", "fit", "gallery", "all", "_worker"))
     ap.add_argument("--sizes", default="256,384", help="square sizes, comma-separated (default 256,384)")
     ap.add_argument("--cutn", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per run (default 3)")
@@ -334,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.section in ("engine", "all"):
         data["engine"] = bench_engine(args, console)
         print_engine(data["engine"], console)
+    if args.section in ("fit", "all"):
+        data["fit"] = bench_fit(args, console)
     if args.section in ("gallery", "all"):
         data["gallery"] = bench_gallery_section(args, console)
     out = args.out or ROOT / "bench-results" / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
