@@ -124,3 +124,16 @@ def test_installed_script_lists_runs_without_importing_torch(tmp_path):
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert [x["id"] for x in json.loads(done.stdout)] == [D, C, B, A]
+
+
+def test_run_ids_sort_in_creation_order_within_one_second():
+    """Chain stages on a fast machine are made within the same second; their folder names must still sort."""
+    from datetime import datetime
+
+    from vqclip.runs import is_run_id, new_run_id
+
+    ids = [new_run_id() for _ in range(200)]
+    assert all(is_run_id(i) for i in ids)
+    assert sorted(ids) == ids and len(set(ids)) == len(ids)
+    fixed = datetime(2026, 11, 25, 10, 15, 0, 42_900)
+    assert new_run_id(fixed).startswith("20261125T101500-042")
