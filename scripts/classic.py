@@ -28,39 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqclip.engine.ops import clamp_with_grad, replace_grad
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-# -- notebook helpers ---------------------------------------------------------------------------------------
-class ReplaceGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x_forward: torch.Tensor, x_backward: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.shape = x_backward.shape
-        return x_forward
-
-    @staticmethod
-    def backward(ctx: Any, grad_in: torch.Tensor) -> tuple[None, torch.Tensor]:  # type: ignore[override]
-        return None, grad_in.sum_to_size(ctx.shape)
-
-
-class ClampWithGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, input: torch.Tensor, min: float, max: float) -> torch.Tensor:  # type: ignore[override]
-        ctx.min, ctx.max = min, max
-        ctx.save_for_backward(input)
-        return input.clamp(min, max)
-
-    @staticmethod
-    def backward(ctx: Any, grad_in: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
-        (input,) = ctx.saved_tensors
-        return grad_in * (grad_in * (input - input.clamp(ctx.min, ctx.max)) >= 0), None, None
-
-
-replace_grad = ReplaceGrad.apply
-clamp_with_grad = ClampWithGrad.apply
-
-
+# -- notebook helpers (replace_grad and clamp_with_grad are the notebook's, shared with the engine) --------
 def vector_quantize(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     d = x.pow(2).sum(dim=-1, keepdim=True) + codebook.pow(2).sum(dim=1) - 2 * x @ codebook.T
     indices = d.argmin(-1)

@@ -233,14 +233,14 @@ def test_story_prompt_makes_stages_and_stage_steps_sets_the_first(tiny_models, t
 def test_failure_mid_run_keeps_the_steps_done_as_a_failed_run(tiny_models, tmp_path, monkeypatch, error):
     from vqclip.engine import loop
 
-    real = loop.Session._losses
+    real = loop.Session._other_losses
 
     def flaky(self, out):
         if self.step == 2:
             raise error
         return real(self, out)
 
-    monkeypatch.setattr(loop.Session, "_losses", flaky)
+    monkeypatch.setattr(loop.Session, "_other_losses", flaky)
     out = tmp_path / "output"
     r = invoke("generate", "x", *tiny_args(tiny_models, out))
     assert r.exit_code == 1

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def one_line(exc: BaseException, limit: int = 160) -> str:
+    """`Type: first line of the message` (cut at `limit`), for notes and details.json."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__
+
+
 class VqclipError(Exception):
     """A mistake the user can fix. `message` is one line that names the fix."""
 

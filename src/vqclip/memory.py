@@ -331,6 +331,13 @@ class WontFit(VqclipError):
     """A run that the estimate says cannot fit in the memory available."""
 
 
+def _low_memory(config: Any, normal: Estimate, budget: int | None) -> bool:
+    """`--low-memory` as asked, or on when the normal estimate passes HEADROOM of the budget."""
+    if config.low_memory is not None:
+        return bool(config.low_memory)
+    return budget is not None and normal.total > HEADROOM * budget
+
+
 def plan_run(config: Any, spec: Any, width: int, height: int, device: Any, precision: Any, *,
              with_encoder: bool = False, first_load_bytes: int = 0) -> Plan:
     """Decide low-memory mode (when `config.low_memory` is None) and refuse up front a run that will not fit."""
@@ -338,10 +345,7 @@ def plan_run(config: Any, spec: Any, width: int, height: int, device: Any, preci
     kw = {"with_encoder": with_encoder, "first_load_bytes": first_load_bytes}
     args = (spec, config.clip_model, width, height, config.cutn, device, precision)
     normal = estimate(*args, low_memory=False, **kw)
-    if config.low_memory is not None:
-        low = bool(config.low_memory)
-    else:
-        low = budget is not None and normal.total > HEADROOM * budget
+    low = _low_memory(config, normal, budget)
     est = estimate(*args, low_memory=True, **kw) if low else normal
     note = None
     if low and config.low_memory is None:
@@ -449,10 +453,7 @@ def dry_run(config: Any, *, weights_dir: Any = None, console: Any = None) -> Est
     with_encoder = bool(config.init_image)
     normal = estimate(*args, low_memory=False, with_encoder=with_encoder)
     low = estimate(*args, low_memory=True, with_encoder=with_encoder)
-    if config.low_memory is None:
-        auto_low = budget is not None and normal.total > HEADROOM * budget
-    else:
-        auto_low = bool(config.low_memory)
+    auto_low = _low_memory(config, normal, budget)
     chosen = low if auto_low else normal
 
     table = Table(title=f"Estimated peak memory: {width}x{height}, cutn {config.cutn}, {config.model} + "

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from vqclip import __version__
 from vqclip.config import RunConfig
-from vqclip.errors import VqclipError
+from vqclip.errors import VqclipError, one_line
 from vqclip.runs import DETAILS, IMAGE, STATE, VIDEO, RunFolder, now_iso, temp_path
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
@@ -138,24 +138,12 @@ def image_parameters(config: RunConfig, seed: int, global_step: int, size: tuple
             "Software": f"vqclip {__version__}"}
 
 
-def resolve_precision(config: RunConfig, device: Any) -> Any:
-    """The decoder's compute dtype for this device (None = fp32); see `engine.precision` for both models."""
-    from vqclip.engine.precision import choose_precision
-
-    return choose_precision(config.precision, device).decoder
-
-
 def _is_trusted(ckpt: Path, trusted: list[Path]) -> bool:
     try:
         target = ckpt.resolve()
         return any(Path(t).expanduser().resolve() == target for t in trusted)
     except OSError:
         return False
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 def _oom_message(width: int, height: int, cutn: int) -> str:
@@ -280,7 +268,7 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
             raise
         failure = exc
         status = "failed"
-        error = _one_line(exc)
+        error = one_line(exc)
         run_s = time.perf_counter() - t_run
 
     try:  # finishing touches; any failure here still leaves no half-written run folder

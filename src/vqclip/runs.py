@@ -31,19 +31,20 @@ _ALPHABET = string.ascii_letters + string.digits + "-_"
 RUN_ID_RE = re.compile(r"^\d{8}T\d{6}-[A-Za-z0-9_-]{8}$")
 
 
-_last_id_time: list[datetime] = []
+_last_id_time: datetime | None = None  # the newest id this process made
 
 
 def new_run_id(now: datetime | None = None) -> str:
     """`20261125T101500-042k3J9a`: the time to the millisecond (the suffix's three digits), then 30 random bits.
     Names sort in creation order, also for the stages of a chain made within one second: a process never hands
     out the same or an earlier millisecond twice."""
+    global _last_id_time
     if now is None:
         now = datetime.now()
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
-        if _last_id_time and now <= _last_id_time[0]:
-            now = _last_id_time[0] + timedelta(milliseconds=1)
-        _last_id_time[:] = [now]
+        if _last_id_time is not None and now <= _last_id_time:
+            now = _last_id_time + timedelta(milliseconds=1)
+        _last_id_time = now
     ms = f"{now.microsecond // 1000:03d}"
     return now.strftime("%Y%m%dT%H%M%S") + "-" + ms + "".join(secrets.choice(_ALPHABET) for _ in range(5))
 

@@ -16,6 +16,7 @@ from vqclip.engine.cutouts import Cutouts
 from vqclip.engine.heap import trim_heap
 from vqclip.engine.losses import Prompt, init_weight_at, tv_loss
 from vqclip.engine.ops import clamp_with_grad
+from vqclip.errors import one_line
 
 STATE_VERSION = 1
 
@@ -78,8 +79,7 @@ def compiled(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tens
     try:
         fast = torch.compile(fn, backend=COMPILE_BACKEND, dynamic=False)
     except Exception as e:  # torch.compile itself missing or refusing this platform
-        fast = None
-        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
+        fast, reason = None, one_line(e)
     else:
         reason = None
 
@@ -90,8 +90,7 @@ def compiled(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tens
             except torch.OutOfMemoryError:
                 raise
             except Exception as e:  # compile errors surface at the first call
-                first = (str(e).strip().splitlines() or [""])[0][:160]
-                call.error, call.fast = f"{type(e).__name__}: {first}", None  # type: ignore[attr-defined]
+                call.error, call.fast = one_line(e), None  # type: ignore[attr-defined]
         return fn(x)
 
     call.fast, call.error = fast, reason  # type: ignore[attr-defined]
@@ -191,14 +190,11 @@ class Session:
         """The current latent decoded: [3, H, W] in [0, 1] on the CPU."""
         return self.synth(self.z)[0].float().cpu()
 
-    def _losses(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
-        cuts = self.clip.normalize(self.cutouts(out, self.gen, self.noise_gen))
+    def _prompt_losses(self, cuts: torch.Tensor, share: float = 1.0) -> dict[str, torch.Tensor]:
+        """Each prompt's loss over these cutouts, scaled by `share` (their part of all cutouts)."""
         embeds = self._encode_image(cuts).float()
-        losses: dict[str, torch.Tensor] = {}
-        for i, p in enumerate(self.prompts):
-            losses[p.label or f"prompt{i}"] = p(embeds)
-        losses.update(self._other_losses(out))
-        return losses
+        return {p.label or f"prompt{i}": p(embeds) if share == 1.0 else p(embeds) * share
+                for i, p in enumerate(self.prompts)}
 
     def _other_losses(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
@@ -217,25 +213,24 @@ class Session:
         """Every loss term of this step, with its gradient accumulated into `z.grad`."""
         self._trim()
         chunk = self.s.clip_chunk
+        cuts = self.clip.normalize(self.cutouts(out, self.gen, self.noise_gen))
         if chunk <= 0 or chunk >= self.s.cutn:
-            losses = self._losses(out)
+            losses = {**self._prompt_losses(cuts), **self._other_losses(out)}
             sum(losses.values()).backward()  # type: ignore[union-attr]
             return {k: float(v.detach()) for k, v in losses.items()}
         # Low memory: CLIP runs over `chunk` cutouts at a time and its activations are freed after each chunk's
         # backward; the cutouts' gradient is gathered, then pushed through the cutouts and the decoder once.
         # The prompt losses are means over cutouts, so chunk means weighted by their share sum to the same value.
-        cuts = self.clip.normalize(self.cutouts(out, self.gen, self.noise_gen))
         leaf = cuts.detach().requires_grad_(True)
         n = leaf.shape[0]
         values: dict[str, float] = {}
         for start in range(0, n, chunk):
             part = leaf[start:start + chunk]
-            embeds = self._encode_image(part).float()
-            terms = {p.label or f"prompt{i}": p(embeds) * (part.shape[0] / n) for i, p in enumerate(self.prompts)}
+            terms = self._prompt_losses(part, part.shape[0] / n)
             sum(terms.values()).backward()  # type: ignore[union-attr]
             for k, v in terms.items():
                 values[k] = values.get(k, 0.0) + float(v.detach())
-            del embeds, terms
+            del terms
             self._trim()
         others = self._other_losses(out)
         grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
