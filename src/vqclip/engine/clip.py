@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from vqclip.engine import vit
+from vqclip.engine.ops import store_frozen_weights
 from vqclip.errors import VqclipError, WeightsMissing
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -33,8 +34,12 @@ class ClipModel:
     embed_dim: int
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        key = (x.device, x.dtype)
+        cache = self.__dict__.setdefault("_norm_consts", {})
+        if key not in cache:  # made once per device: a fresh host tensor copied every step would stall the GPU
+            cache[key] = (torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1).to(x.device),
+                          torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1).to(x.device))
+        mean, std = cache[key]
         return (x - mean) / std
 
     @torch.no_grad()
@@ -63,7 +68,7 @@ class ClipModel:
         Only for the lean ViT path; returns whether it was done."""
         if not self.lean:
             return False
-        self.model.visual.to(dtype)
+        store_frozen_weights(self.model.visual, dtype)
         return True
 
     def release_text_tower(self) -> None:

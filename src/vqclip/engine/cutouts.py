@@ -12,6 +12,7 @@ Every random number comes from the generators passed in, so a run resumes exactl
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -91,47 +92,94 @@ class Cutouts:
     # -- the batched pass --------------------------------------------------------------------------------
     def __call__(self, img: torch.Tensor, gen: torch.Generator, noise_gen: torch.Generator | None = None
                  ) -> torch.Tensor:
-        """`img` [1, 3, H, W] in [0, 1] → `[cutn, 3, cut_size, cut_size]` (not yet CLIP-normalised)."""
+        """`img` [1, 3, H, W] in [0, 1] → `[cutn, 3, cut_size, cut_size]` (not yet CLIP-normalised).
+
+        The few random numbers per cutout are drawn on the host (so a saved CPU generator state resumes
+        exactly), packed into one tensor and sent to the device in a single non-blocking copy; the sampling
+        grids (cutn × cut_size² points) are then built on the device. Cutouts come out grouped by mip level."""
         _, _, h, w = img.shape
-        cs = self.cut_size
+        cs, n = self.cut_size, self.cutn
         sizes, ox, oy = self._boxes(h, w, gen)
         geom = self._geometry(gen)
         colour, sharp = self._colour(gen)
-        facs = torch.rand(self.cutn, generator=gen, dtype=torch.float64) * self.noise_fac
+        facs = torch.rand(n, generator=gen, dtype=torch.float64) * self.noise_fac
 
-        # output pixel centres in [-1, 1] (align_corners=False), mapped through each cutout's projective map
-        lin = (torch.arange(cs, dtype=torch.float64) * 2 + 1) / cs - 1
-        gy, gx = torch.meshgrid(lin, lin, indexing="ij")
-        pts = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(1, -1, 3)  # [1, cs*cs, 3]
-        mapped = pts @ geom.transpose(1, 2)  # [n, cs*cs, 3]
-        uv = mapped[..., :2] / mapped[..., 2:].clamp_min(1e-6)
-        # from cutout coords to image coords: centre of the box plus half its extent
-        cx = (2 * ox + sizes).double() / w - 1
-        cy = (2 * oy + sizes).double() / h - 1
-        half = torch.stack([sizes.double() / w, sizes.double() / h], -1)  # [n, 2]
-        grid = uv * half[:, None, :] + torch.stack([cx, cy], -1)[:, None, :]
-        grid = grid.view(self.cutn, cs, cs, 2).to(device=img.device, dtype=img.dtype)
-
-        out = torch.empty(self.cutn, 3, cs, cs, device=img.device, dtype=img.dtype)
         levels = mip_levels(img, cs)
         level_of = (sizes.double() / cs).log2().floor().clamp(0, len(levels) - 1).long()
-        for k, level in enumerate(levels):
-            idx = (level_of == k).nonzero().flatten()
-            if idx.numel() == 0:
-                continue
-            g = grid[idx.to(img.device)].reshape(1, idx.numel() * cs, cs, 2)  # cutouts stacked vertically
-            s = F.grid_sample(level, g, mode="bilinear", padding_mode="border", align_corners=False)
-            out[idx.to(img.device)] = s.view(3, idx.numel(), cs, cs).transpose(0, 1)
+        order = torch.sort(level_of, stable=True).indices
+        counts = torch.bincount(level_of, minlength=len(levels)).tolist()
+        # from cutout coords to image coords: centre of the box plus half its extent
+        centre = torch.stack([(2 * ox + sizes).double() / w - 1, (2 * oy + sizes).double() / h - 1], -1)
+        half = torch.stack([sizes.double() / w, sizes.double() / h], -1)
+        packed = torch.cat([geom.reshape(n, 9), half, centre, colour.reshape(n, 9), sharp[:, None],
+                            facs[:, None]], 1)[order]
+        geom_d, half_d, centre_d, colour_d, sharp_d, facs_d = _to_device(packed, img.device).split(
+            [9, 2, 2, 9, 1, 1], 1)
+
+        # output pixel centres in [-1, 1] (align_corners=False), mapped through each cutout's projective map
+        pts = _pixel_centres(cs, packed.device if img.device.type == "cpu" else img.device, geom_d.dtype)
+        mapped = pts @ geom_d.reshape(n, 3, 3).transpose(1, 2)  # [n, cs*cs, 3]
+        uv = mapped[..., :2] / mapped[..., 2:].clamp_min(1e-6)
+        grid = (uv * half_d[:, None, :] + centre_d[:, None, :]).view(n, cs, cs, 2).to(img.dtype)
+
+        parts, start = [], 0
+        for level, count in zip(levels, counts):
+            if count:
+                g = grid[start:start + count].reshape(1, count * cs, cs, 2)  # cutouts stacked vertically
+                parts.append(sample_border(level, g).view(3, count, cs, cs).transpose(0, 1))
+                start += count
+        out = torch.cat(parts, 0) if len(parts) > 1 else parts[0].contiguous()
 
         if self.augment:
-            out = torch.einsum("nij,njhw->nihw", colour.to(out), out)
-            out = sharpen(out, sharp.to(out))
+            out = torch.einsum("nij,njhw->nihw", colour_d.reshape(n, 3, 3).to(out.dtype), out)
+            out = sharpen(out, sharp_d.reshape(n).to(out.dtype))
             out = out.clamp(0, 1)
         if self.noise_fac:
             g = noise_gen if noise_gen is not None else gen
-            noise = torch.randn(out.shape, generator=g, device=g.device, dtype=out.dtype).to(out.device)
-            out = out + facs.to(out).view(-1, 1, 1, 1) * noise
+            noise = torch.randn(out.shape, generator=g, device=g.device, dtype=out.dtype)
+            if noise.device != out.device:
+                noise = noise.to(out.device)
+            out = out + facs_d.to(out.dtype).view(-1, 1, 1, 1) * noise
         return out
+
+
+def _to_device(packed: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The float64 host parameters as they are on the CPU; elsewhere float32 (MPS has no float64) through
+    pinned memory, so the copy is queued behind the GPU's work instead of waiting for it."""
+    if device.type == "cpu":
+        return packed
+    host = packed.float()
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
+_CENTRES: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _pixel_centres(cs: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Homogeneous pixel-centre coordinates `[1, cs*cs, 3]` of a cutout, made once per device and dtype."""
+    key = (cs, device, dtype)
+    if key not in _CENTRES:
+        lin = (torch.arange(cs, dtype=torch.float64) * 2 + 1) / cs - 1
+        gy, gx = torch.meshgrid(lin, lin, indexing="ij")
+        _CENTRES[key] = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(1, -1, 3).to(device, dtype)
+    return _CENTRES[key]
+
+
+def sample_border(img: torch.Tensor, grid: torch.Tensor, clamp: bool | None = None) -> torch.Tensor:
+    """`grid_sample(bilinear, padding_mode="border", align_corners=False)`. Border padding and its backward
+    are missing on MPS in several torch releases; there (or with `clamp=True`) the same result comes from
+    clamping the grid to the outermost pixel centres and sampling with zero padding, which reads no pixel
+    outside the image."""
+    if clamp is None:
+        clamp = img.device.type == "mps"
+    if not clamp:
+        return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    h, w = img.shape[-2:]
+    lo = torch.tensor([-1 + 1 / w, -1 + 1 / h], dtype=grid.dtype).to(grid.device)
+    grid = torch.maximum(torch.minimum(grid, -lo), lo)
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def mip_levels(img: torch.Tensor, cut_size: int) -> list[torch.Tensor]:
@@ -144,9 +192,15 @@ def mip_levels(img: torch.Tensor, cut_size: int) -> list[torch.Tensor]:
 
 def sharpen(x: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
     """`x + amount·(x − blur(x))` with PIL's 3×3 smoothing kernel, per-cutout amount."""
-    k = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=x.device, dtype=x.dtype) / 13
-    blur = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k.expand(3, 1, 3, 3), groups=3)
+    k = _sharpen_kernel(x.device, x.dtype)
+    blur = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
     return x + amount.view(-1, 1, 1, 1) * (x - blur)
+
+
+@lru_cache(maxsize=8)
+def _sharpen_kernel(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    k = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], dtype=dtype) / 13
+    return k.expand(3, 1, 3, 3).contiguous().to(device)
 
 
 def homography(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:

@@ -146,6 +146,8 @@ def attn_block(block: Any, x: torch.Tensor) -> torch.Tensor:
     b, c, hh, ww = q.shape
     q = q.reshape(b, c, hh * ww).permute(0, 2, 1)
     k = k.reshape(b, c, hh * ww)
+    if q.dtype == torch.float16:  # q·k over 512 channels can pass fp16's 65504: scores in fp32 (a small bmm)
+        q, k = q.float(), k.float()
     w = torch.softmax(torch.bmm(q, k).float() * (int(c) ** -0.5), dim=2).to(x.dtype)
     h = torch.bmm(v.reshape(b, c, hh * ww), w.permute(0, 2, 1)).reshape(b, c, hh, ww)
     return x + frozen_conv(block.proj_out, h)

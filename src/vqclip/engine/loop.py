@@ -1,7 +1,14 @@
 """The optimisation loop. Pure: no printing, no files; progress leaves through `callback` (k-diffusion style).
 
 State in and out: `Session.state_dict()` holds z, the MSE anchor, the optimizer state, the RNG states and the
-step counter, so `Session(..., state=saved)` continues exactly where a run stopped.
+step counter, all on the CPU, so `Session(..., state=saved)` continues exactly where a run stopped, and on
+another kind of device too (the latent and optimizer carry over; a random state of another device is replaced
+by one derived from the seed, with a note in `Session.notes`).
+
+On a GPU nothing in a step waits for the GPU: the random numbers are drawn on the host and sent in one
+non-blocking copy, losses stay on the device and come back through pinned memory, and the callback for step k
+runs once step k+1 is queued. A step whose loss or gradient is not finite (fp16 overflow) is not applied: the
+latent and the optimizer's moments are put back, on the device, and `StepInfo.skipped` says so.
 """
 
 from __future__ import annotations
@@ -19,6 +26,11 @@ from vqclip.engine.ops import clamp_with_grad
 from vqclip.errors import one_line
 
 STATE_VERSION = 1
+OutOfMemory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch.OutOfMemoryError: 2.5+
+
+
+class BadState(ValueError):
+    """A saved state that does not fit this session (wrong random-state size, mismatched optimizer)."""
 
 
 @dataclass
@@ -44,6 +56,7 @@ class LoopSettings:
     clip_autocast_dtype: torch.dtype | None = None  # CLIP image-tower compute dtype (None = fp32)
     compile: bool = False  # torch.compile the CLIP image tower (falls back to eager if compiling fails)
     clip_chunk: int = 0  # >0: CLIP forward+backward over this many cutouts at a time (low memory; same gradient)
+    loss_scale: float = 1.0  # constant loss scale for fp16 gradients (Precision.loss_scale)
 
 
 @dataclass
@@ -58,6 +71,7 @@ class StepInfo:
     seconds: float
     frame: torch.Tensor | None = None  # [3, H, W] in [0, 1] of the latent *before* this update, when due
     frame_step: int | None = None
+    skipped: bool = False  # the loss or gradient was not finite: the update was not applied
 
 
 @dataclass
@@ -68,6 +82,7 @@ class Result:
     losses: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     stopped: bool = False
+    skipped_steps: list[int] = field(default_factory=list)  # global step numbers whose update was skipped
 
 
 COMPILE_BACKEND = "inductor"  # tests use "aot_eager" (no C++ compiler, seconds instead of minutes)
@@ -75,21 +90,28 @@ COMPILE_BACKEND = "inductor"  # tests use "aot_eager" (no C++ compiler, seconds 
 
 def compiled(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """`torch.compile(fn)` that falls back to `fn` for good, recording why in `.error`, if compiling is not
-    available here (no C++ compiler, an old torch, an unsupported op) or the compiled call fails."""
+    available here (no C++ compiler, an old torch, an unsupported op) or the compiled call fails. Compile
+    errors can surface in the backward pass, so the first call of each input shape runs a trial forward and
+    backward of the compiled function inside the fallback before its result is used."""
     try:
         fast = torch.compile(fn, backend=COMPILE_BACKEND, dynamic=False)
     except Exception as e:  # torch.compile itself missing or refusing this platform
         fast, reason = None, one_line(e)
     else:
         reason = None
+    tried: set[tuple[int, ...]] = set()
 
     def call(x: torch.Tensor) -> torch.Tensor:
         if call.fast is not None:  # type: ignore[attr-defined]
             try:
+                if tuple(x.shape) not in tried:
+                    probe = x.detach().requires_grad_(True)
+                    torch.autograd.grad(call.fast(probe).float().sum(), probe)  # type: ignore[attr-defined]
+                    tried.add(tuple(x.shape))
                 return call.fast(x)  # type: ignore[attr-defined]
-            except torch.OutOfMemoryError:
+            except OutOfMemory:
                 raise
-            except Exception as e:  # compile errors surface at the first call
+            except Exception as e:  # compile errors surface at the first call, forward or backward
                 call.error, call.fast = one_line(e), None  # type: ignore[attr-defined]
         return fn(x)
 
@@ -126,6 +148,7 @@ class Session:
         self.noise_gen = (torch.Generator(device=device).manual_seed(settings.seed + 1)
                           if device.type != "cpu" else self.gen)
         self.z_min, self.z_max = vqgan.z_bounds()
+        self.notes: list[str] = []  # things the caller should tell the user (set while loading a state)
         self._encode_image: Callable[[torch.Tensor], torch.Tensor] = self._eager_encode
         if settings.compile:
             self._encode_image = compiled(self._eager_encode)
@@ -140,35 +163,54 @@ class Session:
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Tensors and plain numbers only (loads with weights_only=True)."""
+        """Tensors and plain numbers only (loads with weights_only=True), every tensor on the CPU."""
         state = {
             "version": STATE_VERSION,
+            "device_type": self.device.type,
             "z": self.z.detach().cpu().clone(),
             "z_anchor": self.z_anchor.cpu().clone(),
             "optimizer": self.s.optimizer,
-            "optimizer_state": self.opt.state_dict(),
+            "optimizer_state": _to_cpu(self.opt.state_dict()),
             "rng_cpu": self.gen.get_state(),
             "step": self.step,
             "seed": self.s.seed,
         }
         if self.noise_gen is not self.gen:
-            state["rng_noise"] = self.noise_gen.get_state()
+            state["rng_noise"] = self.noise_gen.get_state().cpu()
         return state
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self.z = state["z"].to(self.device).clone().requires_grad_(True)
-        self.z_anchor = state["z_anchor"].to(self.device).clone()
+        self.z = state["z"].to(self.device, torch.float32).clone().requires_grad_(True)
+        self.z_anchor = state["z_anchor"].to(self.device, torch.float32).clone()
         self.step = int(state["step"])
         self.opt = make_optimizer(self.s.optimizer, [self.z], self.s.lr)
         same_grid = tuple(self.z.shape[-2:]) == tuple(self.grid)
         if state.get("optimizer_state") is not None and state.get("optimizer") == self.s.optimizer and same_grid:
-            self.opt.load_state_dict(state["optimizer_state"])
+            try:
+                self.opt.load_state_dict(state["optimizer_state"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as e:
+                raise BadState(f"its optimizer state does not match this run ({one_line(e)})") from None
             for group in self.opt.param_groups:
                 group["lr"] = self.s.lr
         if state.get("rng_cpu") is not None:
-            self.gen.set_state(state["rng_cpu"])
-        if state.get("rng_noise") is not None and self.noise_gen is not self.gen:
-            self.noise_gen.set_state(state["rng_noise"].to(torch.uint8).cpu())
+            try:
+                self.gen.set_state(state["rng_cpu"])
+            except (RuntimeError, TypeError) as e:
+                raise BadState(f"its random state is not a CPU generator state ({one_line(e)})") from None
+        if self.noise_gen is self.gen:
+            return  # on the CPU the cutout noise comes from the CPU generator itself
+        saved_on = state.get("device_type", "cpu")
+        noise = state.get("rng_noise")
+        if noise is not None and saved_on == self.device.type:
+            try:
+                self.noise_gen.set_state(noise.to(torch.uint8).cpu())
+                return
+            except (RuntimeError, TypeError):
+                pass
+        # A random state of another kind of device cannot drive this one's generator.
+        self.noise_gen.manual_seed(derived_seed(self.s.seed, self.step))
+        self.notes.append(f"the saved cutout-noise random state is from {saved_on}, not {self.device.type}: "
+                          "continuing with one derived from the seed (same latent and optimizer, other noise)")
 
     # -- the model ---------------------------------------------------------------------------------------
     def synth(self, z: torch.Tensor) -> torch.Tensor:
@@ -209,34 +251,59 @@ class Session:
         if self.device.type == "cpu":  # freed activations back to the OS between phases (engine/heap.py)
             trim_heap()
 
-    def _backward(self, out: torch.Tensor) -> dict[str, float]:
-        """Every loss term of this step, with its gradient accumulated into `z.grad`."""
+    def _backward(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every loss term of this step (detached, unscaled, on the device), with the gradient of their sum
+        times the loss scale accumulated into `z.grad`."""
         self._trim()
-        chunk = self.s.clip_chunk
+        chunk, scale = self.s.clip_chunk, self.s.loss_scale
         cuts = self.clip.normalize(self.cutouts(out, self.gen, self.noise_gen))
         if chunk <= 0 or chunk >= self.s.cutn:
             losses = {**self._prompt_losses(cuts), **self._other_losses(out)}
-            sum(losses.values()).backward()  # type: ignore[union-attr]
-            return {k: float(v.detach()) for k, v in losses.items()}
+            total = sum(losses.values())
+            (total * scale if scale != 1.0 else total).backward()  # type: ignore[union-attr]
+            return {k: v.detach() for k, v in losses.items()}
         # Low memory: CLIP runs over `chunk` cutouts at a time and its activations are freed after each chunk's
         # backward; the cutouts' gradient is gathered, then pushed through the cutouts and the decoder once.
         # The prompt losses are means over cutouts, so chunk means weighted by their share sum to the same value.
         leaf = cuts.detach().requires_grad_(True)
         n = leaf.shape[0]
-        values: dict[str, float] = {}
+        values: dict[str, torch.Tensor] = {}
         for start in range(0, n, chunk):
             part = leaf[start:start + chunk]
             terms = self._prompt_losses(part, part.shape[0] / n)
-            sum(terms.values()).backward()  # type: ignore[union-attr]
+            total = sum(terms.values())
+            (total * scale if scale != 1.0 else total).backward()  # type: ignore[union-attr]
             for k, v in terms.items():
-                values[k] = values.get(k, 0.0) + float(v.detach())
-            del terms
+                values[k] = values[k] + v.detach() if k in values else v.detach()
+            del terms, total
             self._trim()
         others = self._other_losses(out)
         grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
-        torch.autograd.backward([cuts, *others.values()], [grad, *([None] * len(others))])
-        values.update({k: float(v.detach()) for k, v in others.items()})
+        torch.autograd.backward([cuts, *others.values()],
+                                [grad, *(torch.full_like(v, scale) for v in others.values())])
+        values.update({k: v.detach() for k, v in others.items()})
         return values
+
+    def _update(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unscale the gradient and take the optimiser step, undone (on the device, no host sync) when the
+        loss or the gradient is not finite. Returns the device flag "applied". (The optimiser's own step
+        counter still counts a skipped step; that only nudges Adam's bias correction.)"""
+        if self.z.grad is None:
+            self.z.grad = torch.zeros_like(self.z)
+        if self.s.loss_scale != 1.0:
+            self.z.grad.div_(self.s.loss_scale)
+        total = torch.stack([v.float().reshape(()) for v in losses.values()]).sum() if losses else \
+            torch.zeros((), device=self.z.device)
+        ok = torch.isfinite(total) & torch.isfinite(self.z.grad).all()
+        kept = [t for t in self.opt.state.get(self.z, {}).values()
+                if isinstance(t, torch.Tensor) and t.device == self.z.device and t.shape == self.z.shape]
+        before = [self.z.detach().clone(), *(t.clone() for t in kept)]
+        self.opt.step()
+        with torch.no_grad():
+            self.z.copy_(torch.maximum(torch.minimum(self.z, self.z_max), self.z_min))
+            for t, old in zip([self.z, *kept], before):
+                t.copy_(torch.where(ok, t, old))
+        return ok
 
     # -- the loop ----------------------------------------------------------------------------------------
     def run(self, steps: int, callback: Callable[[StepInfo], None] | None = None,
@@ -244,30 +311,95 @@ class Session:
         """Take `steps` optimiser steps (fewer if `should_stop()` turns true between steps)."""
         result = Result(image=torch.empty(0), steps_done=0, global_step=self.step)
         self.partial = result  # what was done so far, should a step raise
+        lag = 0 if self.device.type == "cpu" else 1  # GPU: report step k once step k+1 is queued
+        pending: list[_Pending] = []
+
+        def report(p: _Pending) -> None:
+            values = p.values.wait().tolist()
+            skipped = values[-1] == 0.0
+            losses = dict(zip(p.keys, values[:-1]))
+            loss = sum(losses.values())
+            result.losses.append(loss)
+            result.step_seconds.append(p.seconds)
+            if skipped:
+                result.skipped_steps.append(p.step)
+            if callback is not None:
+                frame = p.frame.wait() if p.frame is not None else None
+                callback(StepInfo(p.step, p.index, steps, loss, losses, p.seconds, frame,
+                                  p.frame_step if frame is not None else None, skipped))
+
+        t0 = time.perf_counter()
         for index in range(1, steps + 1):
             if should_stop is not None and should_stop():
                 result.stopped = True
                 break
-            t0 = time.perf_counter()
             out = self.synth(self.z)
             due = index == 1 or (self.s.save_every > 0 and self.step % self.s.save_every == 0)
-            frame = out[0].detach().float().cpu() if due else None
+            frame = _Host(out[0].detach().float()) if due else None
             frame_step = self.step
             self.opt.zero_grad(set_to_none=True)
             losses = self._backward(out)
-            self.opt.step()
-            with torch.no_grad():
-                self.z.copy_(torch.maximum(torch.minimum(self.z, self.z_max), self.z_min))
+            ok = self._update(losses)
             self.step += 1
-            loss = sum(losses.values())
-            seconds = time.perf_counter() - t0
-            result.losses.append(loss)
-            result.step_seconds.append(seconds)
+            del out
+            values = _Host(torch.stack([*(v.float().reshape(()) for v in losses.values()), ok.float()]))
             result.steps_done += 1
             result.global_step = self.step
-            del out
-            if callback is not None:
-                callback(StepInfo(self.step, index, steps, loss, losses, seconds, frame,
-                                  frame_step if frame is not None else None))
+            t1 = time.perf_counter()
+            pending.append(_Pending(self.step, index, list(losses), values, frame, frame_step, t1 - t0))
+            t0 = t1
+            while len(pending) > lag:
+                report(pending.pop(0))
+        while pending:
+            report(pending.pop(0))
         result.image = self.image()
         return result
+
+
+def _to_cpu(obj: Any) -> Any:
+    """A nested state (dicts, lists, tensors) with every tensor copied to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def derived_seed(seed: int, step: int) -> int:
+    """A seed for a generator that replaces a foreign random state: fixed by the run's seed and step."""
+    return (int(seed) * 1_000_003 + int(step) * 7919 + 1) % (2**63)
+
+
+class _Host:
+    """A device tensor on its way to the host: queued as a non-blocking copy into pinned memory on CUDA (so
+    the host does not wait for the GPU now), read with `wait()`. On the CPU it is the tensor itself."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.event = None
+        if t.device.type == "cuda":
+            self.t = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            self.t.copy_(t, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.t = t.cpu()
+
+    def wait(self) -> torch.Tensor:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.t
+
+
+@dataclass
+class _Pending:
+    """A step taken whose numbers are still on their way from the device."""
+
+    step: int
+    index: int
+    keys: list[str]
+    values: _Host
+    frame: _Host | None
+    frame_step: int
+    seconds: float

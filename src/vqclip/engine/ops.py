@@ -1,4 +1,4 @@
-"""Small autograd tricks from the VQGAN-CLIP notebook (Katherine Crowson, 2021)."""
+"""Small autograd tricks from the VQGAN-CLIP notebook (Katherine Crowson, 2021), and frozen-weight storage."""
 
 from __future__ import annotations
 
@@ -41,3 +41,16 @@ def replace_grad(x_forward: torch.Tensor, x_backward: torch.Tensor) -> torch.Ten
 
 def clamp_with_grad(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return _ClampWithGrad.apply(x, lo, hi)
+
+
+_NORMS = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d)
+
+
+def store_frozen_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Store every parameter of `module` in `dtype` except those of normalisation layers: their weights and
+    statistics stay fp32 (they are tiny, and rounding a norm's scale to fp16 shifts every activation after it)."""
+    for m in module.modules():
+        if isinstance(m, _NORMS) or "Norm" in type(m).__name__:
+            continue
+        for name, p in m.named_parameters(recurse=False):
+            p.data = p.data.to(dtype)

@@ -19,7 +19,7 @@ from torch import nn
 
 from vqclip.errors import VqclipError
 from vqclip.engine import decoder as lean
-from vqclip.engine.ops import replace_grad
+from vqclip.engine.ops import replace_grad, store_frozen_weights
 
 GUMBEL_TARGETS = ("GumbelVQ",)
 _DD_KEYS = ("z_channels", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "resolution", "out_ch",
@@ -114,8 +114,8 @@ class VQGAN(nn.Module):
     def set_weight_dtype(self, dtype: torch.dtype) -> VQGAN:
         """Store the decoder's frozen weights in `dtype` (the codebook stays fp32 for exact code lookups);
         the lean forward casts them to the compute dtype on the fly."""
-        self.decoder.to(dtype)
-        self.post_quant_conv.to(dtype)
+        store_frozen_weights(self.decoder, dtype)
+        store_frozen_weights(self.post_quant_conv, dtype)
         return self
 
     def drop_encoder(self) -> None:
