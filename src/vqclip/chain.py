@@ -307,7 +307,16 @@ def continue_request(plan: Plan, *, output_dir: Path, weights_dir: Path | None =
                       trusted=list(trusted or []), should_stop=should_stop, parent=plan.parent.id,
                       root=plan.parent.root, stage=plan.parent.stage + 1,
                       state=plan.state if plan.start == "state" else None, start_image=start_image,
-                      extra_details=details, prepare_state=make_prepare(plan, rep))
+                      extra_details=details, prepare_state=make_prepare(plan, rep),
+                      inherit_precision=_recorded_precision(plan.parent))
+
+
+def _recorded_precision(parent: RunInfo) -> tuple[str, str] | None:
+    """(device type, precision) as the parent's details.json recorded them, when it did."""
+    device, precision = parent.details.get("device"), parent.details.get("precision")
+    if isinstance(device, str) and isinstance(precision, str) and device:
+        return device.split(":")[0], precision
+    return None
 
 
 def continue_run(parent: RunInfo, overrides: dict[str, Any] | None = None, *, resize: str | None = None,
@@ -409,6 +418,7 @@ def run_stages(cfg: RunConfig, then: list[str], stage_steps: int | None, *, outp
     from vqclip.cli import report_outcome
     from vqclip.cli_common import err_console, out_console
     from vqclip.cli_progress import RichReporter, StopOnInterrupt
+    from vqclip.memory import release_device_cache
     from vqclip.pipeline import execute
 
     from vqclip.prompts import PromptError, parse_story
@@ -430,6 +440,8 @@ def run_stages(cfg: RunConfig, then: list[str], stage_steps: int | None, *, outp
             label = f"stage {i + 1}/{total}"
             rep = RichReporter(quiet=quiet, label=label)
             err_console.print(f"[bold]{label}:[/] {escape(cfg.prompt if i == 0 else then[i - 1])}", highlight=False)
+            if i > 0:  # the previous stage's tensors are gone: hand its cached device memory back first
+                release_device_cache(outcomes[-1].details.get("device"))
             if i == 0:
                 out = execute(RunRequest(config=cfg, output_dir=output_dir, weights_dir=weights_dir,
                                          download=download, trusted=list(trusted or []), should_stop=stop), rep)

@@ -10,8 +10,9 @@ at random weights (`scripts/bench.py engine --modes ours,ours-lowmem --sizes 128
                + NNPACK workspace + cutouts + constant
 
 RUNTIME is the interpreter with torch, open_clip and taming imported; the factors cover backward's scratch
-(gradients in flight, allocator slack). On CUDA the same traced bytes count against
-`torch.cuda.mem_get_info()` without the runtime term (the CUDA context is outside the allocator); those
+(gradients in flight, allocator slack). On CUDA the same traced bytes count against the budget of
+`memory_budget` (free + the allocator's cache) with CUDA_LIBRARIES in place of the runtime term and
+CUDA_SLACK on top; the checkpoint read of a first load goes to host RAM and is not charged to the GPU. The
 factors are not calibrated on a GPU yet and use the CPU ones.
 
 The load phase is estimated too (whole CLIP before its text tower is released, a first checkpoint load before
@@ -47,6 +48,12 @@ CUTOUT_COPIES = 5  # cutouts alive at once: sampled, augmented, normalised, the 
 LOW_MEMORY_CLIP_CHUNK = 8  # cutouts per CLIP forward+backward in low-memory mode
 CPU_CLIP_CHUNK = 16  # on the CPU always: halves CLIP's activations at cutn 32, no measurable time cost
 HEADROOM = 0.9  # switch low-memory on when the normal estimate passes this share of the budget
+# CUDA: the context itself is already out of mem_get_info's `free` when the budget is read (pick_device's probe
+# op created it), but cuBLAS/cuDNN handles and the kernels CUDA loads lazily at their first use are not, and live
+# outside the caching allocator (measured elsewhere at 250–450 MiB); conv/matmul workspaces that cuDNN and
+# cuBLAS ask the caching allocator for, and the allocator's fragmentation, grow with the tensors: a share.
+CUDA_LIBRARIES = 400 * MiB  # device memory of cuBLAS/cuDNN handles and lazily loaded kernels, outside the allocator
+CUDA_SLACK = 0.05  # share of the device bytes for cuDNN/cuBLAS workspaces and caching-allocator fragmentation
 BUDGET_ENV = "VQCLIP_MEMORY_BUDGET"  # e.g. "6GiB", "800MB": pretend this much memory is free (tests, sharing)
 
 
@@ -67,11 +74,12 @@ class Estimate:
     scratch: int
     load_phase: int
     workspace: int = 0  # NNPACK's convolution workspace (CPU, normal mode)
+    slack: int = 0  # CUDA: CUDA_SLACK of the step's device bytes (library workspaces, fragmentation)
 
     @property
     def step_phase(self) -> int:
         return (self.runtime + self.weights + self.decoder_activations + self.clip_activations + self.scratch
-                + self.workspace)
+                + self.workspace + self.slack)
 
     @property
     def total(self) -> int:
@@ -237,7 +245,9 @@ def clip_chunk_for(device: Any, low_memory: bool, cutn: int) -> int:
 def estimate(spec: Any, clip_name: str, width: int, height: int, cutn: int, device: Any = "cpu",
              precision: Any = None, low_memory: bool = False, with_encoder: bool = False,
              first_load_bytes: int = 0) -> Estimate:
-    """Estimated peak memory (bytes) of a run; `precision` is an `engine.precision.Precision` (None = fp32)."""
+    """Estimated peak memory (bytes) of a run; `precision` is an `engine.precision.Precision` (None = fp32).
+    `first_load_bytes` (the whole checkpoint read before the decoder cache exists) counts on the CPU and MPS
+    (unified memory), not on CUDA, where it sits in host RAM."""
     import torch
 
     device = torch.device(device) if not isinstance(device, torch.device) else device
@@ -250,7 +260,8 @@ def estimate(spec: Any, clip_name: str, width: int, height: int, cutn: int, devi
     dec = int(DEC_FACTOR * arch.trace_decoder(width, height, dec_dt, low_memory))
     chunk = clip_chunk_for(device, low_memory, cutn) or cutn
     clip = int(CLIP_FACTOR * _clip_saved(arch, chunk, clip_dt))
-    runtime = RUNTIME_CPU if device.type == "cpu" else 0
+    cuda = device.type == "cuda"
+    runtime = RUNTIME_CPU if device.type == "cpu" else CUDA_LIBRARIES if cuda else 0
     scratch = SCRATCH_PER_PIXEL * width * height + CUTOUT_COPIES * cutn * 3 * arch.clip_input ** 2 * 4 + (
         STEP_OVERHEAD if device.type == "cpu" else 0)
     workspace = 0
@@ -259,11 +270,16 @@ def estimate(spec: Any, clip_name: str, width: int, height: int, cutn: int, devi
         c0 = dd["ch"] * dd["ch_mult"][0]
         c1 = dd["ch"] * dd["ch_mult"][min(1, len(dd["ch_mult"]) - 1)]
         workspace = int(NNPACK_WORKSPACE * 4 * (c0 + max(c0, c1)) * width * height)
-    load = runtime + arch.decoder_weights + arch.codebook + arch.clip_total_weights + first_load_bytes + (
+    loaded = arch.decoder_weights + arch.codebook + arch.clip_total_weights + (
         arch.encoder_weights if with_encoder else 0)
+    slack = int(CUDA_SLACK * (weights + dec + clip + scratch + workspace)) if cuda else 0
+    if cuda:  # the checkpoint is read into host RAM, then moved: only the weights reach the GPU
+        load = runtime + int((1 + CUDA_SLACK) * loaded)
+    else:
+        load = runtime + loaded + first_load_bytes
     desc = precision.describe() if hasattr(precision, "describe") else "fp32"
     return Estimate(str(device), width, height, cutn, low_memory, desc, runtime, weights, dec, clip, scratch, load,
-                    workspace)
+                    workspace, slack)
 
 
 def largest_fitting(spec: Any, clip_name: str, width: int, height: int, cutn: int, budget: int, device: Any,
@@ -301,8 +317,11 @@ def parse_bytes(text: str) -> int:
 
 
 def memory_budget(device: Any) -> int | None:
-    """Bytes this run may use: `VQCLIP_MEMORY_BUDGET`, else free GPU memory, else available RAM (+ what this
-    process already holds, since the estimate counts the runtime). None when it cannot be told."""
+    """Bytes this run may use, read before it allocates anything (pipeline.execute plans before loading models):
+    `VQCLIP_MEMORY_BUDGET`, else on CUDA `free + reserved - allocated` (the allocator's cache is ours to reuse,
+    live tensors belong to no part of this run), on MPS the recommended working set less live tensors, else
+    available RAM (+ what this process already holds, since the estimate counts the runtime). None when it
+    cannot be told."""
     env = os.environ.get(BUDGET_ENV)
     if env:
         return parse_bytes(env)
@@ -310,8 +329,21 @@ def memory_budget(device: Any) -> int | None:
 
     device = torch.device(device) if not isinstance(device, torch.device) else device
     if device.type == "cuda":
+        # free: not held by any process (this one's CUDA context and allocator segments excluded);
+        # reserved - allocated: segments this process's caching allocator keeps but no tensor uses, e.g. all of
+        # a previous run's in a batch or chain. The estimate counts this run's whole need, weights included.
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_allocated(device))
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(0, cached))
+    if device.type == "mps":
+        mps = getattr(torch, "mps", None)
+        recommended = getattr(mps, "recommended_max_memory", None)  # torch >= 2.5
+        if recommended is not None:
+            allocated = getattr(mps, "current_allocated_memory", None)
+            try:
+                return int(max(0, recommended() - (allocated() if allocated is not None else 0)))
+            except RuntimeError:  # MPS not usable after all: fall back to RAM, as older torch does
+                pass
     try:
         import psutil
     except ImportError:  # pragma: no cover
@@ -320,6 +352,30 @@ def memory_budget(device: Any) -> int | None:
     if device.type == "cpu":
         return int(available + psutil.Process().memory_info().rss)
     return int(available)
+
+
+def release_device_cache(device: Any) -> None:
+    """Hand the device memory no tensor uses back to the driver (between runs and chain stages): gc first, so
+    tensors kept only by reference cycles go too. Nothing to do on the CPU (release_unused trims the heap)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(device) if not isinstance(device, torch.device) else device
+    except (RuntimeError, TypeError):
+        return
+    if device.type == "cpu":
+        return
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        empty = getattr(getattr(torch, "mps", None), "empty_cache", None)
+        if empty is not None:
+            empty()
 
 
 def fmt(n: int | float) -> str:
@@ -446,7 +502,7 @@ def dry_run(config: Any, *, weights_dir: Any = None, console: Any = None) -> Est
     console = console or Console()
     spec = engine.read_spec(_model_yaml(config.model, weights_dir))
     width, height = floor_size(config.width, config.height, spec.factor)
-    device = engine.pick_device(config.device)
+    device = engine.pick_device(config.device, on_fallback=lambda line: console.print(line, markup=False))
     precision = choose_precision(config.precision, device)
     budget = memory_budget(device)
     args = (spec, config.clip_model, width, height, config.cutn, device, precision)
@@ -465,6 +521,8 @@ def dry_run(config: Any, *, weights_dir: Any = None, console: Any = None) -> Est
                         ("decoder activations", "decoder_activations"), ("CLIP activations", "clip_activations"),
                         ("convolution workspace", "workspace"), ("image, cutouts, scratch", "scratch"), ("peak while stepping", "step_phase"),
                         ("peak while loading", "load_phase"), ("estimated peak", "total")):
+        if attr == "step_phase" and normal.slack:
+            table.add_row("workspaces, fragmentation (CUDA)", fmt(normal.slack), fmt(low.slack))
         table.add_row(label, fmt(getattr(normal, attr)), fmt(getattr(low, attr)))
     console.print(table)
     mode = "low-memory" if auto_low else "normal"
@@ -483,4 +541,4 @@ def dry_run(config: Any, *, weights_dir: Any = None, console: Any = None) -> Est
 
 
 __all__ = ["Estimate", "Plan", "WontFit", "estimate", "plan_run", "dry_run", "memory_budget", "largest_fitting",
-           "release_unused", "count_saved", "fmt", "parse_bytes"]
+           "release_unused", "release_device_cache", "count_saved", "fmt", "parse_bytes"]

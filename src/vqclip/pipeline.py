@@ -7,8 +7,10 @@ itself: notes and progress go to a `Reporter` supplied by the caller (the CLI's 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import math
 import platform
 import secrets
 import time
@@ -56,6 +58,9 @@ class RunRequest:
     state: dict[str, Any] | None = None  # a saved engine state to continue from
     start_image: Any = None  # a PIL image to encode as the start (continuing from a PNG, or stretch)
     extra_details: dict[str, Any] = field(default_factory=dict)
+    # (device type, recorded precision) of the parent: a continued run on the same kind of device computes in
+    # the dtypes its parent did, unless --precision says otherwise
+    inherit_precision: tuple[str, str] | None = None
     run_id: str | None = None
     # (models, settings, state, start_image) -> the state to start from; lets `continue` adapt a saved state to
     # the loaded models (new grid size, re-encoded start) without loading the models twice
@@ -146,9 +151,73 @@ def _is_trusted(ckpt: Path, trusted: list[Path]) -> bool:
         return False
 
 
-def _oom_message(width: int, height: int, cutn: int) -> str:
-    return (f"the GPU ran out of memory at {width}x{height} with cutn {cutn}; lower --size or --cutn, "
-            "or pass --low-memory")
+OOM_SHRINK = 0.75  # an out-of-memory run is told of a size with this share of its pixels (activations ∝ pixels)
+_OOM_TEXT = ("CUDA out of memory", "MPS backend out of memory", "CUDA error: out of memory",
+             "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device allocation failed: torch.OutOfMemoryError (torch >= 2.5; torch.cuda.OutOfMemoryError before), or
+    the RuntimeError older torch raises on MPS and cuBLAS/cuDNN raise when their workspace cannot be had."""
+    import torch
+
+    kinds = tuple(k for k in (getattr(torch, "OutOfMemoryError", None),
+                              getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)) if isinstance(k, type))
+    if kinds and isinstance(exc, kinds):
+        return True
+    return isinstance(exc, RuntimeError) and any(t in str(exc) for t in _OOM_TEXT)
+
+
+def _free_after_oom(exc: BaseException, session: Any, device: Any) -> None:
+    """Let go of what the failed step held (its frames' tensors, the gradients) and hand the device's cache back,
+    so the last good latent can still be decoded and saved."""
+    import gc
+    import traceback
+
+    from vqclip import memory
+
+    traceback.clear_frames(exc.__traceback__)  # the frames of the step: activations, cutouts, losses
+    if session is not None:
+        opt = getattr(session, "opt", None)
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+        if getattr(session, "z", None) is not None:
+            session.z.grad = None
+    gc.collect()
+    memory.release_device_cache(device)
+
+
+def _smaller_size(width: int, height: int, factor: int) -> tuple[int, int] | None:
+    """The size with OOM_SHRINK of the pixels (same aspect, multiples of the VQGAN factor), if smaller."""
+    scale = OOM_SHRINK ** 0.5
+    w, h = max(factor, int(width * scale) // factor * factor), max(factor, int(height * scale) // factor * factor)
+    if (w, h) == (width, height):
+        return None
+    return w, h
+
+
+def _oom_message(device: Any, width: int, height: int, cutn: int, low_memory: bool, factor: int) -> str:
+    """One line: where it ran out, and what to lower (not --low-memory when the run already used it)."""
+    mode = " in low-memory mode" if low_memory else ""
+    head = f"the GPU ({device}) ran out of memory at {width}x{height} with cutn {cutn}{mode}"
+    tips = [] if low_memory else ["pass --low-memory"]
+    smaller = _smaller_size(width, height, factor)
+    if smaller:
+        tips.append(f"try --size {smaller[0]}x{smaller[1]}")
+    if cutn > 1:
+        tips.append(f"lower --cutn (e.g. {max(1, cutn // 2)})")
+    if not tips:  # the smallest run there is
+        tips.append("free the memory other programs hold on it, or use --device cpu")
+    return f"{head}; {', '.join(tips[:-1])}{' or ' if len(tips) > 1 else ''}{tips[-1]}"
+
+
+def _load_oom_message(device: Any, cfg: RunConfig, plan: Any) -> str:
+    from vqclip.memory import fmt
+
+    budget = f", {fmt(plan.budget)} was free" if plan.budget is not None else ""
+    return (f"the GPU ({device}) ran out of memory while loading {cfg.model} + {cfg.clip_model} and embedding "
+            f"the prompts (about {fmt(plan.estimate.load_phase)} estimated{budget}); close other programs using "
+            "the GPU, pick a smaller --clip-model, or use --device cpu")
 
 
 def _salvage(session: Any, exc: BaseException) -> Any:
@@ -165,16 +234,32 @@ def _salvage(session: Any, exc: BaseException) -> Any:
 
 
 def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
-    """Do one run and leave a complete run folder (finished, interrupted or failed), or nothing at all."""
+    """Do one run and leave a complete run folder (finished, interrupted or failed), or nothing at all. The
+    device's cached memory goes back to the driver at the end, so runs in one process do not pile up."""
+    import traceback
+
+    from vqclip import memory
+
+    used: dict[str, Any] = {}
+    try:
+        return _execute(req, reporter or Reporter(), used)
+    except BaseException as exc:
+        if isinstance(exc, VqclipError) or is_out_of_memory(exc):  # one line for the user: the frames can go
+            traceback.clear_frames(exc.__traceback__)
+        raise
+    finally:
+        memory.release_device_cache(used.get("device"))
+
+
+def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome:
     import torch
 
     from vqclip import engine, memory
-    from vqclip.engine.precision import choose_precision
+    from vqclip.engine.precision import Precision, choose_precision
     from vqclip.prompts import floor_size
     from vqclip.video import VideoWriter
     from vqclip.weights import resolve_model
 
-    rep = reporter or Reporter()
     cfg = req.config
     t_start = time.perf_counter()
     seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
@@ -191,11 +276,16 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
     if (width, height) != (cfg.width, cfg.height):
         rep.note(f"size {cfg.width}x{cfg.height} floored to {width}x{height} "
                  f"(a multiple of {spec.factor}, this model's downsampling factor)")
-    device = engine.pick_device(cfg.device)
+    device = engine.pick_device(cfg.device, on_fallback=rep.note)
+    used["device"] = device
     start_image = req.start_image if req.start_image is not None else (init[0] if init else None)
     # Memory: refuse up front a run that will not fit (naming the largest size that would), and switch
     # low-memory mode on when the estimate says so (vqclip.memory); per-module precision (engine.precision).
     precision = choose_precision(cfg.precision, device)
+    if req.inherit_precision is not None and cfg.precision == "auto" and req.inherit_precision[0] == device.type:
+        with contextlib.suppress(ValueError):
+            precision = Precision.parse(req.inherit_precision[1])
+    precision.apply(device)
     plan = memory.plan_run(cfg, spec, width, height, device, precision, with_encoder=start_image is not None,
                            first_load_bytes=memory.first_load_bytes(files.ckpt_path))
     if plan.note:
@@ -206,14 +296,26 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
         init_weight_decay=cfg.init_weight_decay, init_weight_decay_every=cfg.init_weight_decay_every,
         tv_weight=cfg.tv_weight, save_every=cfg.save_every, autocast_dtype=precision.decoder,
         clip_autocast_dtype=precision.clip, low_memory=plan.low_memory, clip_chunk=plan.clip_chunk,
-        compile=cfg.compile)
+        compile=cfg.compile, loss_scale=precision.loss_scale)
     t_load = time.perf_counter()
-    models = engine.load_models(files.yaml_path, files.ckpt_path, cfg.clip_model, cfg.clip_pretrained, device,
-                                with_encoder=start_image is not None,
-                                trust=_is_trusted(files.ckpt_path, req.trusted))
-    prompts = engine.build_prompts(models, settings, cfg.text_prompts,
-                                   [(img, spec_) for (img, _, _), spec_ in image_prompts], cfg.noise_prompt_specs)
+    models = prompts = None
+    try:
+        models = engine.load_models(files.yaml_path, files.ckpt_path, cfg.clip_model, cfg.clip_pretrained, device,
+                                    with_encoder=start_image is not None,
+                                    trust=_is_trusted(files.ckpt_path, req.trusted))
+        prompts = engine.build_prompts(models, settings, cfg.text_prompts,
+                                       [(img, spec_) for (img, _, _), spec_ in image_prompts],
+                                       cfg.noise_prompt_specs)
+    except BaseException as exc:
+        if not is_out_of_memory(exc):
+            raise
+        models = prompts = None
+        _free_after_oom(exc, None, device)
+        raise VqclipError(_load_oom_message(device, cfg, plan)) from None
     load_s = time.perf_counter() - t_load
+
+    def oom_text() -> str:
+        return _oom_message(device, width, height, cfg.cutn, plan.low_memory, spec.factor)
 
     folder = RunFolder(req.output_dir, req.run_id).create()
     session = None
@@ -237,6 +339,8 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
         if req.prepare_state is not None:
             state = req.prepare_state(models, settings, state, start_image)
         session = engine.start_session(models, settings, prompts, init_image=start_image, state=state)
+        for note in session.notes:
+            rep.note(note)
         memory.prepare_for_steps(models, plan)  # text tower and encoder freed, weights stored as planned
         last_frame_step = [-1]
 
@@ -255,16 +359,22 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
         run_s = time.perf_counter() - t_run
         if cfg.compile and session.compile_error:
             rep.note(f"--compile fell back to eager mode ({session.compile_error})")
+        if result.skipped_steps:
+            rep.note(f"{len(result.skipped_steps)} step(s) not applied because the loss or gradient was not finite "
+                     f"({precision.describe()}); if many are, try --precision fp32")
         if last_frame_step[0] != result.global_step:
             video.append(result.image)
         status = "interrupted" if result.stopped else "finished"
     except BaseException as exc:
+        oom = is_out_of_memory(exc)
+        if oom:  # free the failed step's tensors first: decoding the last good latent needs the room
+            _free_after_oom(exc, session, device)
         result = _salvage(session, exc)
         if result is None:  # nothing worth keeping: leave no folder at all
             video.close()
             folder.discard()
-            if isinstance(exc, torch.cuda.OutOfMemoryError):
-                raise VqclipError(_oom_message(width, height, cfg.cutn)) from None
+            if oom:
+                raise VqclipError(oom_text()) from None
             raise
         failure = exc
         status = "failed"
@@ -296,7 +406,8 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
             "steps_done": result.steps_done,
             "steps_planned": cfg.steps,
             "global_step": result.global_step,
-            "losses": [round(x, 6) for x in result.losses],
+            "losses": [round(x, 6) if math.isfinite(x) else None for x in result.losses],
+            "skipped_steps": result.skipped_steps,
             "timings": {
                 "load_s": round(load_s, 3),
                 "run_s": round(run_s, 3),
@@ -323,7 +434,7 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
         folder.discard()
         raise
     if failure is not None:
-        what = _oom_message(width, height, cfg.cutn) if isinstance(failure, torch.cuda.OutOfMemoryError) \
+        what = oom_text() if is_out_of_memory(failure) \
             else f"the run failed at step {result.global_step + 1} ({error})"
         raise VqclipError(f"{what}; the {result.steps_done} steps done were saved as run {folder.id} "
                           f"(status failed), and `vqclip continue {folder.id}` picks them up") from None
@@ -331,4 +442,4 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
 
 
 __all__ = ["Reporter", "RunRequest", "RunOutcome", "execute", "open_image", "png_bytes", "image_parameters",
-           "versions", "DETAILS"]
+           "versions", "is_out_of_memory", "DETAILS"]
