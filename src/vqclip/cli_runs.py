@@ -1,9 +1,17 @@
-"""`vqclip runs list` and `vqclip runs show RUN`: run folders read back from details.json. Never imports torch."""
+"""`vqclip runs list`, `runs show RUN` and `runs clean`: run folders read back from details.json. Never imports
+torch.
+
+Everything shown comes from files anyone can edit, so every string taken from a run goes through `printable`
+(control characters, escape sequences, lone surrogates and bidi overrides are shown escaped, never sent raw)
+and reaches Rich as plain `Text` or escaped markup (a prompt's "[bold]" stays literal).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -11,13 +19,55 @@ from typing import Any
 import typer
 
 from vqclip.cli_common import CONTEXT, err_console, handle_errors, out_console
-from vqclip.runs import BadRun, RunInfo, find_run, lineage, scan_runs
+from vqclip.runs import (BadRun, RunInfo, check_output_dir, find_run, lineage, remove_temp, scan_runs,
+                         temp_folders)
 
-app = typer.Typer(help="List and inspect run folders.", context_settings=CONTEXT, no_args_is_help=True,
+app = typer.Typer(help="List, inspect and clean up run folders.", context_settings=CONTEXT, no_args_is_help=True,
                   add_completion=False, rich_markup_mode="rich")
 
 OUTPUT_DIR = typer.Option(Path("output"), "--output-dir", "-o", help="Folder holding the run folders.")
 AS_JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+# C0/C1 controls (ESC starts terminal sequences), DEL, lone surrogates (cannot be written as UTF-8), line/paragraph
+# separators, bidi embeddings/overrides/isolates (reorder what is shown) and the BOM.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
+# The same without C0 controls, which json.dumps escapes itself (and whose newlines are the JSON's own layout).
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    ch = m.group()
+    if ch in _NAMED:
+        return _NAMED[ch]
+    o = ord(ch)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
+
+
+def printable(value: Any) -> str:
+    """`value` as text that is safe to send to a terminal: unsafe characters shown as `\\x1b`, `\\ud800`, `\\n`."""
+    return _UNSAFE.sub(_escape_char, value if isinstance(value, str) else str(value))
+
+
+def _markup(value: Any) -> str:
+    """`printable` text for a markup string: Rich tags in it stay literal."""
+    from rich.markup import escape
+
+    return escape(printable(value))
+
+
+def _cell(value: Any) -> Any:
+    from rich.text import Text
+
+    return Text(printable(value))
+
+
+def dumps(obj: Any) -> str:
+    """JSON with non-ASCII kept readable but every unsafe character (see `_UNSAFE`) as a `\\uXXXX` escape, so
+    the output is valid UTF-8 and parses back to the same strings."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _when(run: RunInfo) -> str:
@@ -37,7 +87,7 @@ def _when(run: RunInfo) -> str:
 def _size(run: RunInfo) -> str:
     size = run.details.get("size")
     if isinstance(size, list) and len(size) == 2:
-        return f"{size[0]}x{size[1]}"
+        return f"{_short(str(size[0]), 12)}x{_short(str(size[1]), 12)}"
     cfg = run.details.get("config") or {}
     return f"{cfg.get('width', '?')}x{cfg.get('height', '?')}" if isinstance(cfg, dict) else "?"
 
@@ -60,10 +110,27 @@ def row(run: RunInfo) -> dict[str, Any]:
             "seed": d.get("seed"), "path": str(run.path)}
 
 
+_WHY = {"missing": "no details.json", "corrupt": "corrupt details.json", "symlink": "symlink, not followed",
+        "not-file": "details.json not a regular file"}
+
+
 def _skipped(bad: list[BadRun]) -> None:
     if bad:
+        counts = Counter(_WHY.get(b.reason, b.reason) for b in bad)
+        why = ", ".join(f"{n} {w}" if len(counts) > 1 else w for w, n in counts.most_common())
         err_console.print(f"[yellow]{len(bad)} folder{'s' if len(bad) != 1 else ''} skipped[/] "
-                          f"(missing or corrupt details.json), e.g. {bad[0].message}", highlight=False)
+                          f"({why}), e.g. {_markup(bad[0].message)}", highlight=False)
+
+
+def _leftovers(output_dir: Path) -> None:
+    """One line about `.tmp-*` folders whose writer was killed (runs in progress are not counted)."""
+    stale = [t for t in temp_folders(output_dir) if t.stale]
+    if stale:
+        n = len(stale)
+        err_console.print(f"[yellow]{n} unfinished run folder{'s' if n != 1 else ''}[/] ({_markup(stale[0].path.name)}"
+                          f"{' …' if n > 1 else ''}) left by a killed process; remove "
+                          f"{'them' if n != 1 else 'it'} with `vqclip runs clean -o {_markup(output_dir)}`",
+                          highlight=False)
 
 
 def _short(text: str, n: int = 48) -> str:
@@ -87,16 +154,19 @@ def list_runs(
         vqclip runs list
         vqclip runs list --json | jq '.[0].id'
     """
+    check_output_dir(output_dir)
     runs, bad = scan_runs(output_dir)
     if limit:
         runs = runs[:limit]
     if as_json:
-        sys.stdout.write(json.dumps([row(r) for r in runs], indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(dumps([row(r) for r in runs]) + "\n")
         _skipped(bad)
+        _leftovers(output_dir)
         return
     if not runs:
-        out_console.print(f"No runs in {output_dir} yet; make one with `vqclip generate \"a prompt\"`.")
+        out_console.print(f"No runs in {_markup(output_dir)} yet; make one with `vqclip generate \"a prompt\"`.")
         _skipped(bad)
+        _leftovers(output_dir)
         return
     table = _runs_table(runs, compact=False)
     from rich.measure import Measurement
@@ -111,6 +181,7 @@ def list_runs(
     else:
         out_console.print(_runs_table(runs, compact=True))
     _skipped(bad)
+    _leftovers(output_dir)
 
 
 def _unique_prefix(run_id: str, ids: list[str], at_least: int = 15) -> str:
@@ -124,8 +195,8 @@ def _unique_prefix(run_id: str, ids: list[str], at_least: int = 15) -> str:
 def _runs_table(runs: list[RunInfo], compact: bool) -> Any:
     """The `runs list` table; `compact` (narrow terminals) shortens the time and the parent id to a unique
     prefix, which `vqclip continue` and `runs show` accept as well."""
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False,
                   padding=(0, 1, 0, 0) if compact else (0, 1))
@@ -143,13 +214,13 @@ def _runs_table(runs: list[RunInfo], compact: bool) -> Any:
         if compact:
             when = when[5:16]
             parent = _unique_prefix(parent, ids) if parent else ""
-        table.add_row(r.id, when, f"[{st}]{r.status}[/]" if st else escape(r.status), _steps(r), _size(r),
-                      escape(_short(r.prompt)), parent)
+        status = Text(r.status, style=st) if st else _cell(_short(r.status, 24))
+        table.add_row(r.id, when, status, _cell(_short(_steps(r), 24)), _cell(_size(r)), _cell(_short(r.prompt)),
+                      parent)
     return table
 
 
 def _chain_rows(chain: list[RunInfo], current: str) -> Any:
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
@@ -157,8 +228,23 @@ def _chain_rows(chain: list[RunInfo], current: str) -> Any:
         table.add_column(name, no_wrap=name != "prompt")
     for r in chain:
         mark = "[bold]→[/] " if r.id == current else "  "
-        table.add_row(str(r.stage), mark + r.id, escape(r.status), _steps(r), _size(r), escape(_short(r.prompt, 60)))
+        table.add_row(str(r.stage), mark + r.id, _cell(_short(r.status, 24)), _cell(_short(_steps(r), 24)),
+                      _cell(_size(r)), _cell(_short(r.prompt, 60)))
     return table
+
+
+def _join(value: Any) -> str | None:
+    """A list from details.json as `a, b` (whatever its items are); None when empty or not a list."""
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or None
+    return str(value) if value else None
+
+
+def _loss(losses: Any) -> str | None:
+    if isinstance(losses, list) and losses and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                   for x in (losses[0], losses[-1])):
+        return f"{losses[0]:.4f} → {losses[-1]:.4f}"
+    return None
 
 
 @app.command("show", context_settings=CONTEXT)
@@ -184,23 +270,23 @@ def show_run(
         data["path"] = str(info.path)
         data["lineage"] = [row(r) for r in chain]
         data["children"] = [row(r) for r in children]
-        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(dumps(data) + "\n")
         return
     d = info.details
     cfg = d.get("config") if isinstance(d.get("config"), dict) else {}
     weights = d.get("weights") if isinstance(d.get("weights"), dict) else {}
     timings = d.get("timings") if isinstance(d.get("timings"), dict) else {}
-    losses = d.get("losses") or []
     files = d.get("files") if isinstance(d.get("files"), dict) else {}
     sha = weights.get("sha256")
+    sha = sha if isinstance(sha, str) else None
     fields: list[tuple[str, Any]] = [
         ("id", info.id),
         ("folder", str(info.path)),
         ("status", info.status + (f" ({d['error']})" if d.get("error") else "")),
         ("created", _when(info)),
         ("prompt", info.prompt or "—"),
-        ("image prompts", ", ".join(cfg.get("image_prompts") or []) or None),
-        ("noise prompts", ", ".join(cfg.get("noise_prompts") or []) or None),
+        ("image prompts", _join(cfg.get("image_prompts"))),
+        ("noise prompts", _join(cfg.get("noise_prompts"))),
         ("size", _size(info)),
         ("steps", f"{d.get('steps_done')} of {d.get('steps_planned')} planned; image total {d.get('global_step')}"),
         ("seed", d.get("seed")),
@@ -211,8 +297,7 @@ def show_run(
         ("device", f"{d.get('device', '?')} · {d.get('precision', '?')}"),
         ("time", f"{timings.get('total_s', '?')} s total, {timings.get('per_step_s', '?')} s/step"
          if timings else None),
-        ("loss", f"{losses[0]:.4f} → {losses[-1]:.4f}" if losses and all(isinstance(x, (int, float)) for x in
-                                                                            (losses[0], losses[-1])) else None),
+        ("loss", _loss(d.get("losses"))),
         ("files", ", ".join(str(v) for k, v in files.items() if v and isinstance(v, str))),
     ]
     cont = d.get("continue")
@@ -220,11 +305,9 @@ def show_run(
         how = {"state": "its saved state", "output.png": "its output.png, re-encoded",
                "stretch": "its output.png, resized and re-encoded"}.get(str(cont.get("start")), cont.get("start"))
         fields.append(("continues", f"{cont.get('from')} at step {cont.get('from_step')}, from {how}"))
-    from rich.markup import escape
-
     for key, value in fields:
         if value is not None and value != "":
-            out_console.print(f"[bold]{key + ':':<14}[/] {escape(str(value))}", highlight=False)
+            out_console.print(f"[bold]{key + ':':<14}[/] {_markup(value)}", highlight=False)
     if len(chain) > 1 or children or info.parent:
         out_console.print()
         missing = info.parent and chain[0].parent
@@ -237,4 +320,52 @@ def show_run(
         out_console.print(_chain_rows(children, ""))
 
 
-__all__ = ["app", "row"]
+@app.command("clean", context_settings=CONTEXT)
+@handle_errors
+def clean_runs(
+    output_dir: Path = OUTPUT_DIR,
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only list what would be removed."),
+) -> None:
+    """Remove the unfinished `.tmp-*` run folders that a killed or crashed process left in the output folder.
+
+    A temp folder is removed only when its writer is gone: its lock is free or its process has exited (or, for
+    one without an owner record, nothing in it was written for 10 minutes). Runs in progress are kept.
+
+    Example:
+
+        vqclip runs clean --dry-run
+        vqclip runs clean -o output
+    """
+    check_output_dir(output_dir)
+    temps = temp_folders(output_dir)
+    stale = [t for t in temps if t.stale]
+    busy = len(temps) - len(stale)
+    kept = f"; {busy} in progress kept" if busy else ""
+    if not stale:
+        out_console.print(f"Nothing to clean in {_markup(output_dir)}{kept}.", highlight=False)
+        return
+    failed: list[str] = []
+    for t in stale:
+        if dry_run:
+            out_console.print(f"would remove {_markup(t.path)} ({_markup(t.why)})", highlight=False)
+            continue
+        try:
+            remove_temp(t)
+        except OSError as e:
+            failed.append(f"{t.path.name} ({e.strerror or type(e).__name__})")
+            continue
+        out_console.print(f"removed {_markup(t.path)} ({_markup(t.why)})", highlight=False)
+    n = len(stale) - len(failed)
+    if dry_run:
+        out_console.print(f"{len(stale)} folder{'s' if len(stale) != 1 else ''} would be removed{kept}; run "
+                          f"without --dry-run to remove {'them' if len(stale) != 1 else 'it'}.", highlight=False)
+    else:
+        out_console.print(f"Removed {n} unfinished run folder{'s' if n != 1 else ''}{kept}.", highlight=False)
+    if failed:
+        from vqclip.errors import VqclipError
+
+        raise VqclipError(f"could not remove {', '.join(printable(f) for f in failed)}; check the permissions "
+                          f"of {printable(output_dir)}")
+
+
+__all__ = ["app", "dumps", "printable", "row"]

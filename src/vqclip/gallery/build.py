@@ -4,6 +4,10 @@ Why one file with inline CSS/JS (read from the package's static/ folder at build
 `file://` with no server and no network, survives being moved or zipped with its output folder, and lets a
 Content-Security-Policy allow exactly our script by hash, so no text taken from a run can ever execute. The
 run index travels as JSON in a `<script type="application/json">` element and is rendered with `textContent`.
+
+Symlinks are never followed: a linked run folder is skipped, and a details.json, output.png, video or input image
+that is a symlink (or a FIFO, or a folder) is treated as absent, so the page never reads, thumbnails or links a
+file from outside its run folder.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from vqclip.errors import VqclipError
 from vqclip.gallery.cache import load_cache, save_cache, signature
 from vqclip.gallery.model import KNOWN_STATUSES, card_from_run, input_images, lineage_strips
 from vqclip.gallery.thumbs import THUMB_EXT, ThumbJob, make_thumbnails
-from vqclip.runs import DETAILS, IMAGE, VIDEO, BadRun, RunInfo, atomic_write_bytes, read_details, run_folders
+from vqclip.runs import (DETAILS, IMAGE, VIDEO, BadRun, RunInfo, atomic_write_bytes, path_problem, read_details,
+                         run_folders)
 
 GALLERY_DIR = ".gallery"
 
@@ -37,6 +42,11 @@ BAD_DETAILS = "corrupt details.json"
 UNREADABLE = "unreadable folder"
 NO_IMAGE = "no output.png"
 BAD_IMAGE = "unreadable output.png"
+LINKED_RUN = "symlinked run folder (not followed)"
+LINKED_DETAILS = "details.json is a symlink (not followed)"
+ODD_DETAILS = "details.json is not a regular file"
+LINKED_IMAGE = "output.png is a symlink (not followed)"
+ODD_IMAGE = "output.png is not a regular file"
 
 
 @dataclass
@@ -61,12 +71,14 @@ def build_gallery(output_dir: str | Path, out: str | Path | None = None, kiosk: 
     start = time.perf_counter()
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
-        what = "is not a folder" if output_dir.exists() else "does not exist"
+        what = (path_problem(output_dir, "folder") or "is not a folder") if output_dir.exists() else "does not exist"
         raise VqclipError(f"output folder {output_dir} {what}; run `vqclip generate` first or pass --output-dir")
-    index = Path(out) if out else output_dir / "index.html"
-    if index.is_dir():
-        index = index / "index.html"
-    thumbs_dir = output_dir / GALLERY_DIR / "thumbs"
+    index = _index_path(Path(out) if out else output_dir / "index.html", given=out is not None)
+    gallery = output_dir / GALLERY_DIR
+    if gallery.is_symlink() or (gallery.exists() and not gallery.is_dir()):
+        raise VqclipError(f"{gallery} is {'a symlink' if gallery.is_symlink() else 'not a folder'}; the gallery "
+                          "keeps its thumbnails only in a real folder there, so remove it and build again")
+    thumbs_dir = gallery / "thumbs"
     try:
         thumbs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -81,7 +93,8 @@ def build_gallery(output_dir: str | Path, out: str | Path | None = None, kiosk: 
     html = render_page(cards, base=_base_url(output_dir, index.parent), kiosk=kiosk)
     try:
         index.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(index, html.encode("utf-8"))
+        # "replace": a lone surrogate that reached the page (from a hand-edited cache) becomes "?", never a crash
+        atomic_write_bytes(index, html.encode("utf-8", "replace"))
     except OSError as e:
         raise VqclipError(f"cannot write {index} ({e.strerror}); pass --out to a writable path") from None
     try:
@@ -91,6 +104,35 @@ def build_gallery(output_dir: str | Path, out: str | Path | None = None, kiosk: 
     report.runs = len(cards)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _index_path(index: Path, given: bool) -> Path:
+    """Where the page goes: a folder given as --out gets index.html inside it; anything but a regular file (or
+    nothing) already at the path, or a file where its folder should be, is an error naming the fix."""
+    flag = "--out" if given else "--output-dir"
+    if index.is_dir() and not index.is_symlink():
+        index = index / "index.html"
+    if index.exists() or index.is_symlink():
+        if index.is_symlink():
+            return index  # written by rename, which replaces the link itself and never writes through it
+        problem = path_problem(index, "file")
+        if problem:
+            raise VqclipError(f"{index} {problem.replace('is a directory, not a file', 'is a folder')}; pass {flag} "
+                              "a path for the page (an .html file or a folder)")
+    problem = path_problem(index.parent, "folder")
+    if problem:
+        raise VqclipError(f"the page's folder {index.parent} {problem}; pass {flag} a path in a folder")
+    return index
+
+
+def _plain(entry: os.DirEntry[str] | None) -> bool | None:
+    """None: no such entry; True: a regular file (not a symlink); False: a symlink, a FIFO, a folder…"""
+    if entry is None:
+        return None
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def _scan(output_dir: Path, thumbs_dir: Path, old: dict[str, dict[str, Any]],
@@ -106,17 +148,26 @@ def _scan(output_dir: Path, thumbs_dir: Path, old: dict[str, dict[str, Any]],
         report.skipped[reason] += 1
         report.examples.setdefault(reason, str(folder))
 
-    for folder in run_folders(output_dir):
+    links: list[Path] = []
+    folders = run_folders(output_dir, links)
+    for link in links:
+        skip(LINKED_RUN, link)
+    for folder in folders:
         run_id = folder.name
         try:
-            entries = {e.name: e for e in os.scandir(folder)}
+            with os.scandir(folder) as it:
+                entries = {e.name: e for e in it}
             det = entries.get(DETAILS)
-            dstat = det.stat() if det is not None and det.is_file() else None
+            plain = _plain(det)
+            dstat = det.stat(follow_symlinks=False) if det is not None and plain else None
         except OSError:
             skip(UNREADABLE, folder)
             continue
         if dstat is None:
-            skip(NO_DETAILS, folder)
+            if plain is None:
+                skip(NO_DETAILS, folder)
+            else:
+                skip(LINKED_DETAILS if det is not None and det.is_symlink() else ODD_DETAILS, folder)
             continue
         prev = old.get(run_id, {})
         dsig = signature(dstat)
@@ -133,18 +184,20 @@ def _scan(output_dir: Path, thumbs_dir: Path, old: dict[str, dict[str, Any]],
         entry: dict[str, Any] = {"dsig": dsig, "card": card}
         view = {k: v for k, v in card.items() if k != "declared"}
         view["id"] = run_id
-        view["video"] = VIDEO in entries
-        view["inputs"] = input_images(card.get("declared") or [], set(entries))
+        files = {name for name, e in entries.items() if _plain(e)}  # only what the page may link to
+        view["video"] = VIDEO in files
+        view["inputs"] = input_images(card.get("declared") or [], files)
         view["image"] = False
         view["thumb"] = None
         img = entries.get(IMAGE)
         try:
-            istat = img.stat() if img is not None and img.is_file() else None
+            istat = img.stat(follow_symlinks=False) if img is not None and _plain(img) else None
         except OSError:
             istat = None
         if istat is None:
-            report.warnings[NO_IMAGE] += 1
-            report.examples.setdefault(NO_IMAGE, str(folder))
+            why = NO_IMAGE if img is None else LINKED_IMAGE if img.is_symlink() else ODD_IMAGE
+            report.warnings[why] += 1
+            report.examples.setdefault(why, str(folder))
         else:
             view["image"] = True
             isig = signature(istat)

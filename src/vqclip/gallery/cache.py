@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vqclip.gallery.model import CARD_VERSION
+from vqclip.gallery.model import CARD_KEYS, CARD_VERSION
 from vqclip.gallery.thumbs import THUMB_VERSION
 from vqclip.runs import atomic_write_bytes
 
@@ -33,13 +33,15 @@ def load_cache(path: Path) -> dict[str, dict[str, Any]]:
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("runs"), dict):
         return {}
     same_cards = data.get("card_version") == CARD_VERSION
+    card_keys = CARD_KEYS
     same_thumbs = data.get("thumb_version") == THUMB_VERSION
     runs: dict[str, dict[str, Any]] = {}
     for run_id, entry in data["runs"].items():
         if not isinstance(entry, dict):
             continue
         kept: dict[str, Any] = {}
-        if same_cards and isinstance(entry.get("card"), dict) and isinstance(entry.get("dsig"), list):
+        card = entry.get("card")
+        if same_cards and isinstance(card, dict) and card_keys <= set(card) and isinstance(entry.get("dsig"), list):
             kept["dsig"], kept["card"] = entry["dsig"], entry["card"]
         thumb = entry.get("thumb")
         if (same_thumbs and isinstance(entry.get("isig"), list) and isinstance(thumb, list) and len(thumb) == 2

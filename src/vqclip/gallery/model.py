@@ -16,6 +16,10 @@ from vqclip.runs import RunInfo, is_run_id
 
 CARD_VERSION = 3  # bump when card fields or coercion change: cached cards are then rebuilt
 
+# Every card has these; a cached card without one of them (a hand-edited cache) is made afresh.
+CARD_KEYS = frozenset({"id", "prompt", "model", "clip", "w", "h", "steps", "planned", "seed", "status", "error",
+                       "date", "iso", "seconds", "parent", "root", "stage", "declared"})
+
 MAX_PROMPT = 4000  # a pasted novel should not make a 2,000-run page heavy
 MAX_LABEL = 120
 KNOWN_STATUSES = ("finished", "interrupted", "failed")

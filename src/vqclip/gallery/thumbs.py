@@ -10,9 +10,11 @@ GIL while decoding, resizing and encoding, so a thread pool uses both cores with
 from __future__ import annotations
 
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from vqclip.runs import temp_path
 
@@ -33,7 +35,7 @@ def make_thumbnail(src: Path, dst: Path, size: int = THUMB_SIZE) -> tuple[int, i
     """Write a thumbnail of `src` to `dst` (atomically) and return its (width, height). Never upscales."""
     from PIL import Image
 
-    with Image.open(src) as source:
+    with _open_plain(src) as fh, Image.open(fh) as source:
         source.draft("RGB", (size, size))  # JPEG inputs decode at a reduced scale; a no-op for PNG
         if source.mode in ("RGBA", "LA", "PA") or "transparency" in source.info:
             rgba = source.convert("RGBA")
@@ -51,6 +53,20 @@ def make_thumbnail(src: Path, dst: Path, size: int = THUMB_SIZE) -> tuple[int, i
         if tmp.exists():
             tmp.unlink()
     return im.size
+
+
+def _open_plain(src: Path) -> BinaryIO:
+    """`src` opened for reading only if it is a regular file and not a symlink (checked on the open file, so a
+    link swapped in after the scan is refused too)."""
+    fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                 | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{src} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _run(job: ThumbJob) -> tuple[str, tuple[int, int] | None, str]:
