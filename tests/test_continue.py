@@ -308,3 +308,17 @@ def test_installed_script_refuses_an_unknown_run(base):
                          timeout=120)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith(f"Error: no run 'nosuchrun' in {base['out']}; newest runs: ")
+
+
+@pytest.mark.parametrize("flag, want", [((), "decoder fp32, clip bf16"), (("--precision", "fp32"), "fp32")])
+def test_continue_computes_in_the_precision_its_parent_recorded(base, tmp_path, flag, want):
+    """The parent says it ran 'decoder fp32, clip bf16' on the CPU: its child does too, whatever this CPU's
+    `auto` would pick, unless --precision is given."""
+    parent = tmp_path / "output" / base["parent"].name
+    shutil.copytree(base["parent"], parent)
+    d = details(parent)
+    d["precision"] = "decoder fp32, clip bf16"
+    (parent / "details.json").write_text(json.dumps(d))
+    r = invoke("continue", parent.name, "--steps", "1", "--output-dir", str(parent.parent), *flag)
+    assert r.exit_code == 0, r.output
+    assert details(made(r))["precision"] == want
