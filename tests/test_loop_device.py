@@ -203,3 +203,26 @@ def test_cutouts_resume_exactly_from_a_generator_state():
     g2 = torch.Generator()
     g2.set_state(saved)
     assert torch.equal(a, cut(img, g2))
+
+
+def test_lagged_reports_arrive_in_order_and_survive_a_failing_step(tiny_models, monkeypatch):
+    """With the GPU's one-step report lag (forced here), every step is reported once, in order, with the same
+    numbers as unlagged; a step that raises keeps the losses of the steps before it."""
+    plain = session(tiny_models).run(3)
+    monkeypatch.setattr(loop, "report_lag", lambda device: 1)
+    seen: list = []
+    lagged = session(tiny_models).run(3, seen.append)
+    assert [i.index for i in seen] == [1, 2, 3] and lagged.losses == plain.losses
+    s = session(tiny_models)
+    real, calls = s._backward, []
+
+    def fails_third(out):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return real(out)
+
+    monkeypatch.setattr(s, "_backward", fails_third)
+    with pytest.raises(RuntimeError):
+        s.run(5)
+    assert s.partial.steps_done == 2 and s.partial.losses == plain.losses[:2]

@@ -13,6 +13,7 @@ latent and the optimizer's moments are put back, on the device, and `StepInfo.sk
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -311,10 +312,10 @@ class Session:
         """Take `steps` optimiser steps (fewer if `should_stop()` turns true between steps)."""
         result = Result(image=torch.empty(0), steps_done=0, global_step=self.step)
         self.partial = result  # what was done so far, should a step raise
-        lag = 0 if self.device.type == "cpu" else 1  # GPU: report step k once step k+1 is queued
+        lag = report_lag(self.device)
         pending: list[_Pending] = []
 
-        def report(p: _Pending) -> None:
+        def report(p: _Pending, tell: bool = True) -> None:
             values = p.values.wait().tolist()
             skipped = values[-1] == 0.0
             losses = dict(zip(p.keys, values[:-1]))
@@ -323,37 +324,49 @@ class Session:
             result.step_seconds.append(p.seconds)
             if skipped:
                 result.skipped_steps.append(p.step)
-            if callback is not None:
+            if callback is not None and tell:
                 frame = p.frame.wait() if p.frame is not None else None
                 callback(StepInfo(p.step, p.index, steps, loss, losses, p.seconds, frame,
                                   p.frame_step if frame is not None else None, skipped))
 
-        t0 = time.perf_counter()
-        for index in range(1, steps + 1):
-            if should_stop is not None and should_stop():
-                result.stopped = True
-                break
-            out = self.synth(self.z)
-            due = index == 1 or (self.s.save_every > 0 and self.step % self.s.save_every == 0)
-            frame = _Host(out[0].detach().float()) if due else None
-            frame_step = self.step
-            self.opt.zero_grad(set_to_none=True)
-            losses = self._backward(out)
-            ok = self._update(losses)
-            self.step += 1
-            del out
-            values = _Host(torch.stack([*(v.float().reshape(()) for v in losses.values()), ok.float()]))
-            result.steps_done += 1
-            result.global_step = self.step
-            t1 = time.perf_counter()
-            pending.append(_Pending(self.step, index, list(losses), values, frame, frame_step, t1 - t0))
-            t0 = t1
-            while len(pending) > lag:
-                report(pending.pop(0))
+        try:
+            t0 = time.perf_counter()
+            for index in range(1, steps + 1):
+                if should_stop is not None and should_stop():
+                    result.stopped = True
+                    break
+                out = self.synth(self.z)
+                due = index == 1 or (self.s.save_every > 0 and self.step % self.s.save_every == 0)
+                frame = _Host(out[0].detach().float()) if due else None
+                frame_step = self.step
+                self.opt.zero_grad(set_to_none=True)
+                losses = self._backward(out)
+                ok = self._update(losses)
+                self.step += 1
+                del out
+                values = _Host(torch.stack([*(v.float().reshape(()) for v in losses.values()), ok.float()]))
+                result.steps_done += 1
+                result.global_step = self.step
+                t1 = time.perf_counter()
+                pending.append(_Pending(self.step, index, list(losses), values, frame, frame_step, t1 - t0))
+                t0 = t1
+                while len(pending) > lag:
+                    report(pending.pop(0))
+        except BaseException:  # a step failed: the steps before it still count, with their losses
+            for p in pending:
+                with contextlib.suppress(Exception):
+                    report(p, tell=False)
+            raise
         while pending:
             report(pending.pop(0))
         result.image = self.image()
         return result
+
+
+def report_lag(device: torch.device) -> int:
+    """Steps between taking a step and reporting it: on a GPU step k is reported once step k+1 is queued, so
+    reading its numbers never leaves the GPU idle; on the CPU everything is synchronous anyway."""
+    return 0 if device.type == "cpu" else 1
 
 
 def _to_cpu(obj: Any) -> Any:
