@@ -12,7 +12,8 @@ steps, each configuration in a fresh subprocess so that peak memory is the proce
 (`getrusage`) on the CPU, `torch.cuda.max_memory_allocated` on CUDA. Modes:
 
 - `classic`: `scripts/classic.py`, the notebook's step (fp32, whole VQModel, per-cutout loop);
-- `ours`: what `vqclip generate` does by default (the same engine calls as `vqclip.pipeline.execute`);
+- `ours`: what `vqclip generate` does by default (the same engine calls as `vqclip.pipeline.execute`), at
+  `--precision` (auto by default; `scripts/gpu_check.py` runs fp32, bf16, fp16 and auto on CUDA);
 - `ours-lowmem`: `--low-memory` (decoder blocks recomputed in backward, CLIP over 8 cutouts at a time);
 - ablations of the default: `ours-fp32w` (frozen weights kept in fp32), `ours-nochunk` (CLIP over all cutouts
   at once), `ours-notrim` (no heap trimming between phases), `ours-nothp` (no transparent huge pages, see
@@ -87,46 +88,65 @@ def _random_vqgan(spec: Any, device: Any) -> Any:
     return build_vqgan(spec, state, False, "random weights").to(device)
 
 
-def _ours(args: argparse.Namespace, device: Any, mode: str) -> tuple[list[float], dict[str, Any]]:
-    """The same engine calls as `vqclip.pipeline.execute`, minus files."""
-    import torch
+def random_models(spec: Any, device: Any) -> Any:
+    """`engine.Models` of the real architectures with random weights (the f16 decoder + codebook, ViT-B/32)."""
+    from vqclip import engine
 
+    return engine.Models(_random_vqgan(spec, device), engine.load_clip(CLIP, "none", device), device)
+
+
+def make_session(device: Any, width: int, height: int, cutn: int, *, precision: str = "auto", mode: str = "ours",
+                 low_memory: bool | None = None, models: Any = None,
+                 prompts: Any = None) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """A session started with the same engine calls as `vqclip.pipeline.execute`, minus files: plan first (the
+    budget is read before anything is loaded, as a run does), then models unless given (random weights), prompts
+    unless given, and the frozen weights stored as planned (once per `models`). Returns
+    (session, models, prompts, info); pass models and prompts back in for more sessions at other sizes."""
     from vqclip import engine, memory
     from vqclip.config import build_config
     from vqclip.engine.precision import choose_precision
     from vqclip.weights import packaged_yaml
 
+    low = True if mode == "ours-lowmem" else low_memory
+    cfg = build_config(None, {"prompt": PROMPT, "width": width, "height": height, "cutn": cutn, "seed": 0,
+                              "clip_pretrained": "none", "device": str(device), "precision": precision,
+                              "low_memory": low, "compile": mode == "ours-compile"})
+    spec = engine.read_spec(packaged_yaml(MODEL))
+    prec = choose_precision(cfg.precision, device)
+    if mode == "ours-fp32w":  # ablation: frozen weights kept in fp32
+        prec = dataclasses.replace(prec, weights=None)
+    plan = memory.plan_run(cfg, spec, width, height, device, prec)
+    chunk = 0 if mode == "ours-nochunk" else plan.clip_chunk  # ablation: CLIP over all cutouts at once
+    settings = engine.LoopSettings(width=width, height=height, seed=0, cutn=cfg.cutn, cut_pow=cfg.cut_pow,
+                                   augment=cfg.augment, noise_fac=cfg.noise_fac, lr=cfg.lr, save_every=0,
+                                   autocast_dtype=prec.decoder, clip_autocast_dtype=prec.clip,
+                                   low_memory=plan.low_memory, clip_chunk=chunk, compile=cfg.compile)
+    if models is None:
+        models = random_models(spec, device)
+    if prompts is None:
+        prompts = engine.build_prompts(models, settings, cfg.text_prompts, [], [])
+    session = engine.start_session(models, settings, prompts)
+    if not getattr(models, "bench_prepared", False):
+        memory.prepare_for_steps(models, plan)
+        models.bench_prepared = True
+    info = {"precision": prec.describe(), "precision_asked": precision, "low_memory": plan.low_memory,
+            "clip_chunk": chunk, "estimate_mb": round(plan.estimate.total / 2**20, 1),
+            "estimate_parts_mb": {k: round(v / 2**20, 1) for k, v in dataclasses.asdict(plan.estimate).items()
+                                  if isinstance(v, int) and not isinstance(v, bool)
+                                  and k not in ("width", "height", "cutn")}}
+    return session, models, prompts, info
+
+
+def _ours(args: argparse.Namespace, device: Any, mode: str) -> tuple[list[float], dict[str, Any]]:
+    """The same engine calls as `vqclip.pipeline.execute`, minus files."""
     if mode == "ours-notrim":  # ablation: no heap trimming between phases
         from vqclip.engine import loop
 
         loop.trim_heap = lambda: None
-    cfg = build_config(None, {"prompt": PROMPT, "width": args.size, "height": args.size, "cutn": args.cutn,
-                              "seed": 0, "clip_pretrained": "none", "device": args.device,
-                              "low_memory": True if mode == "ours-lowmem" else None,
-                              "compile": mode == "ours-compile"})
-    spec = engine.read_spec(packaged_yaml(MODEL))
-    precision = choose_precision(cfg.precision, device)
-    if mode == "ours-fp32w":  # ablation: frozen weights kept in fp32
-        precision = dataclasses.replace(precision, weights=None)
-    plan = memory.plan_run(cfg, spec, args.size, args.size, device, precision)
-    chunk = 0 if mode == "ours-nochunk" else plan.clip_chunk  # ablation: CLIP over all cutouts at once
-    settings = engine.LoopSettings(width=args.size, height=args.size, seed=0, cutn=cfg.cutn, cut_pow=cfg.cut_pow,
-                                   augment=cfg.augment, noise_fac=cfg.noise_fac, lr=cfg.lr, save_every=0,
-                                   autocast_dtype=precision.decoder, clip_autocast_dtype=precision.clip,
-                                   low_memory=plan.low_memory, clip_chunk=chunk, compile=cfg.compile)
-    vqgan = _random_vqgan(spec, device)
-    clip = engine.load_clip(CLIP, "none", device)
-    models = engine.Models(vqgan, clip, device)
-    prompts = engine.build_prompts(models, settings, cfg.text_prompts, [], [])
-    session = engine.start_session(models, settings, prompts)
-    memory.prepare_for_steps(models, plan)
-    built = _rss_mb()
+    session, _, _, info = make_session(device, args.size, args.size, args.cutn, precision=args.precision, mode=mode)
+    info["built_rss_mb"] = round(_rss_mb(), 1)
     times: list[float] = []
-    session.run(args.warmup + args.steps, lambda info: times.append(info.seconds))
-    info = {"built_rss_mb": round(built, 1), "precision": precision.describe(), "low_memory": plan.low_memory,
-            "clip_chunk": chunk, "estimate_mb": round(plan.estimate.total / 2**20, 1),
-            "estimate_parts_mb": {k: round(v / 2**20, 1) for k, v in dataclasses.asdict(plan.estimate).items()
-                                  if isinstance(v, int) and not isinstance(v, bool) and k not in ("width", "height", "cutn")}}
+    session.run(args.warmup + args.steps, lambda step: times.append(step.seconds))
     if session.compile_error:
         info["compile_error"] = session.compile_error
     return times, info
@@ -180,18 +200,97 @@ def worker(args: argparse.Namespace) -> None:
     print("BENCH-JSON " + json.dumps(out), flush=True)
 
 
+# ------------------------------------------------------------------------------------- in-process probes (CUDA)
+def is_oom(exc: BaseException) -> bool:
+    """A device allocation failed (torch's OutOfMemoryError, or cuBLAS/cuDNN failing to get a workspace)."""
+    text = str(exc)
+    return type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "ALLOC_FAILED" in text)
+
+
+class Lab:
+    """The real architectures built once (auto precision, normal mode) for many sessions in one process, and
+    `probe`: a few steps at a size under an allocator cap (`scripts/gpu_check.py`'s fit and profile). On the
+    CPU (a rehearsal) a cap is simulated: a size whose estimated step memory is over it raises OutOfMemoryError."""
+
+    def __init__(self, device: Any, cutn: int) -> None:
+        import torch
+
+        from vqclip import engine, memory
+        from vqclip.engine.precision import choose_precision
+        from vqclip.weights import packaged_yaml
+
+        self.dev, self.cutn, self.cuda, self.limit = device, cutn, device.type == "cuda", None
+        os.environ[memory.BUDGET_ENV] = "1TiB"  # measuring what fits: the planner must neither refuse nor switch
+        s, self.models, self.prompts, _ = make_session(device, 64, 64, cutn, low_memory=False)
+        s.run(1)  # cuBLAS/cuDNN handles and workspaces exist before any cap
+        spec, prec = engine.read_spec(packaged_yaml(MODEL)), choose_precision("auto", device)
+        cuda = torch.device("cuda")  # the estimate of the card being emulated (the rehearsal's too)
+        self.estimate = lambda w, h: memory.estimate(spec, CLIP, w, h, cutn, cuda, prec)
+        self.model_fit = lambda b: memory.largest_fitting(spec, CLIP, 1024, 1024, cutn, b, cuda, prec, False)
+        self.total = torch.cuda.get_device_properties(device).total_memory if self.cuda else None
+
+    def cap(self, limit: int | None) -> None:
+        """Let this process's allocator hold at most `limit` bytes (None: the whole card)."""
+        import torch
+
+        self.limit = limit
+        if self.cuda:
+            torch.cuda.set_per_process_memory_fraction(min(1.0, (limit or self.total) / self.total), self.dev)
+            torch.cuda.empty_cache()
+
+    def session(self, w: int, h: int) -> Any:
+        return make_session(self.dev, w, h, self.cutn, low_memory=False, models=self.models, prompts=self.prompts)[0]
+
+    def probe(self, w: int, h: int, steps: int) -> tuple[bool, float | None]:
+        """(fits, peak MiB on CUDA): `steps` steps at w×h under the current cap; out of memory = does not fit."""
+        import gc
+        import traceback
+
+        import torch
+
+        s, ok = None, True
+        try:
+            if self.cuda:
+                torch.cuda.reset_peak_memory_stats(self.dev)
+            elif self.limit is not None and self.estimate(w, h).step_phase > self.limit:
+                raise torch.OutOfMemoryError(f"simulated: {w}x{h} needs more than {self.limit} bytes")
+            s = self.session(w, h)
+            s.run(steps)
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            traceback.clear_frames(e.__traceback__)  # the failed step's tensors go with its frames
+            ok = False
+        s = None
+        gc.collect()
+        peak = round(torch.cuda.max_memory_allocated(self.dev) / 2**20, 1) if self.cuda and ok else None
+        if self.cuda:
+            torch.cuda.empty_cache()
+        return ok, peak
+
+
 # ----------------------------------------------------------------------------------------- the parent side
-def run_one(mode: str, size: int, cutn: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_one(mode: str, size: int, cutn: int, args: argparse.Namespace,
+            timeout: float | None = None) -> dict[str, Any]:
+    """One configuration in a fresh subprocess (so that peak memory is its own); `args.precision` (default
+    auto) is the `--precision` of the `ours*` modes."""
+    precision = getattr(args, "precision", "auto")
     cmd = [sys.executable, str(Path(__file__).resolve()), "_worker", "--mode", mode, "--size", str(size),
            "--cutn", str(cutn), "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--precision", precision]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"mode": mode, "size": size, "cutn": cutn, "precision_asked": precision,
+                "error": f"timed out after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("BENCH-JSON "):
             return json.loads(line[len("BENCH-JSON "):])
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"mode": mode, "size": size, "cutn": cutn, "error": f"exit {proc.returncode}: {tail[:300]}"}
+    return {"mode": mode, "size": size, "cutn": cutn, "precision_asked": precision,
+            "error": f"exit {proc.returncode}: {tail[:300]}"}
 
 
 def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -354,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="interleaved subprocesses per mode (default 1)")
     ap.add_argument("--modes", default="classic,ours", help=f"comma-separated, of {', '.join(MODES)}")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                    help="--precision of the ours* modes (classic is fp32 always)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--runs", type=int, default=2000, help="gallery: synthetic runs")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench-results/bench-<time>.json)")
