@@ -22,6 +22,7 @@ from typing import Any, Iterable
 import torch
 
 from vqclip.errors import UnsafeCheckpoint, VqclipError, WeightsMissing
+from vqclip.weights import LIGHTNING_PREFIXES, NUMPY_SAFE
 
 VQGAN_KEYS = ("decoder.", "post_quant_conv.", "quantize.", "encoder.", "quant_conv.")
 # Where the autoencoder lives in a checkpoint: a VQModel's own keys, or a Net2NetTransformer's first stage
@@ -29,17 +30,11 @@ VQGAN_KEYS = ("decoder.", "post_quant_conv.", "quantize.", "encoder.", "quant_co
 _AUTOENCODER_PREFIXES = ("", "first_stage_model.")
 CACHE_FORMAT = "vqclip-vqgan-cache/1"
 
-# Globals that only ever appear as inert data in Lightning/numpy checkpoints. They are *never* imported: each
-# name maps to a placeholder class (or to a numpy data constructor that the torch docs list as safe).
-_LIGHTNING_PREFIXES = ("pytorch_lightning.callbacks.", "lightning.pytorch.callbacks.", "lightning_fabric.")
-_NUMPY_SAFE = {
-    "numpy.core.multiarray.scalar",
-    "numpy._core.multiarray.scalar",
-    "numpy.dtype",
-    "numpy.core.multiarray._reconstruct",
-    "numpy._core.multiarray._reconstruct",
-    "numpy.ndarray",
-}
+# Globals that only ever appear as inert data in Lightning/numpy checkpoints (the lists live in weights.py, which
+# `weights list` reads without torch). They are *never* imported: each name maps to a placeholder class (or to
+# a numpy data constructor that the torch docs list as safe).
+_LIGHTNING_PREFIXES = LIGHTNING_PREFIXES
+_NUMPY_SAFE = NUMPY_SAFE
 
 
 def _placeholder(qualified: str) -> type:
@@ -75,16 +70,7 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
     if trust:
         obj = torch.load(path, map_location="cpu", weights_only=False)
         return _unwrap(obj, path)
-    needed = unsafe_globals(path)
-    extra: list[Any] = []
-    refused: list[str] = []
-    for name in needed:
-        if name.startswith(_LIGHTNING_PREFIXES):
-            extra.append((_placeholder(name), name))
-        elif name in _NUMPY_SAFE:
-            extra.append((_numpy_global(name), name))
-        else:
-            refused.append(name)
+    extra, refused = _classify(unsafe_globals(path))
     if refused:
         raise UnsafeCheckpoint(
             f"{path} needs Python objects that could run code when loaded ({', '.join(sorted(refused)[:3])}); "
@@ -101,6 +87,26 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsafeCheckpoint(f"{path} is not a readable PyTorch checkpoint ({first}); re-download it") from None
     return _unwrap(obj, path)
+
+
+def _classify(needed: Iterable[str]) -> tuple[list[Any], list[str]]:
+    """(safe_globals entries for the inert Lightning/numpy names, the names refused)."""
+    extra: list[Any] = []
+    refused: list[str] = []
+    for name in needed:
+        if name.startswith(_LIGHTNING_PREFIXES):
+            extra.append((_placeholder(name), name))
+        elif name in _NUMPY_SAFE:
+            extra.append((_numpy_global(name), name))
+        else:
+            refused.append(name)
+    return extra, refused
+
+
+def refused_globals(path: str | Path) -> list[str]:
+    """The pickled globals of a checkpoint that `load_checkpoint` would refuse (torch's own scan; nothing runs).
+    A legacy (non-zip) file is not scanned by torch: `weights.checkpoint_problem` reads those."""
+    return sorted(_classify(unsafe_globals(path))[1])
 
 
 def _refusal(e: Exception) -> str:

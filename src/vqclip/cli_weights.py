@@ -28,7 +28,7 @@ WEIGHTS_DIR = typer.Option(
     help="Weights folder (default: $VQCLIP_HOME/weights when VQCLIP_HOME is set, else the user cache folder).")
 
 _STATUS_STYLE = {W.VERIFIED: "green", W.TOFU: "yellow", W.CUSTOM: "cyan", "unverified": "yellow",
-                 "partial": "magenta", "missing": "dim", "no checkpoint": "red"}
+                 "partial": "magenta", "missing": "dim", "no checkpoint": "red", W.BROKEN: "red"}
 
 
 # ---------------------------------------------------------------------------------------------------- list
@@ -108,6 +108,10 @@ def _status_cell(r: W.ModelStatus) -> str:
     if r.status == "partial":
         done = f"{100 * r.partial_bytes // r.size}%" if r.size else W.human_size(r.partial_bytes)
         return f"[magenta]partial {done}[/]"
+    if r.status == W.BROKEN:
+        from rich.markup import escape
+
+        return f"[red]broken[/]: {escape(r.problem or 'cannot load')}"
     style = _STATUS_STYLE.get(r.status, "")
     label = r.status.replace("-", " ")
     return f"[{style}]{label}[/]" if style else label
@@ -244,13 +248,16 @@ def verify(
     table.add_column("Name", style="bold", no_wrap=True)
     table.add_column("Result", no_wrap=True)
     table.add_column("Detail")
+    from rich.text import Text
+
     for r in results:
-        table.add_row(r.name, "[green]ok[/]" if r.ok else "[red]bad[/]", r.detail)
+        table.add_row(r.name, "[green]ok[/]" if r.ok else "[red]bad[/]", Text(r.detail))
     out_console.print(table)
     bad = [r.name for r in results if not r.ok]
     if bad:
-        raise VqclipError(f"{len(bad)} model(s) failed: {', '.join(bad)}; "
-                          f"run `vqclip weights download {bad[0]}` to replace a bad or missing file")
+        fix = (f"run `vqclip weights download {bad[0]}` to replace a bad or missing file" if bad[0] in W.WEIGHTS
+               else f"fix or replace {bad[0]}.yaml / {bad[0]}.ckpt in {folder} (the Detail column says why)")
+        raise VqclipError(f"{len(bad)} model(s) failed: {', '.join(bad)}; {fix}")
 
 
 # ---------------------------------------------------------------------------------------------------- path

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,6 +31,7 @@ from vqclip import downloads
 from vqclip.downloads import (DownloadError, download_file, fetch_to_part, human_size, looks_like_html,
                               part_path, sha256_file)
 from vqclip.errors import VqclipError, WeightsMissing
+from vqclip.runs import path_problem
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -181,10 +183,19 @@ def vqclip_home() -> Path:
 
 
 def weights_dir(override: str | Path | None = None) -> Path:
-    """The weights folder: `override` (`--weights-dir`) > `$VQCLIP_HOME/weights` > user cache `vqclip/weights`."""
+    """The weights folder: `override` (`--weights-dir`) > `$VQCLIP_HOME/weights` > user cache `vqclip/weights`.
+    Something other than a folder in its place is a one-line error naming where the path came from."""
     if override:
-        return Path(override).expanduser()
-    return vqclip_home() / "weights"
+        folder = Path(override).expanduser()
+        how = "pass --weights-dir a folder (it is made if missing)"
+    else:
+        folder = vqclip_home() / "weights"
+        how = ("set VQCLIP_HOME to a folder" if os.environ.get("VQCLIP_HOME") else "remove it") + \
+            " or pass --weights-dir a folder"
+    problem = path_problem(folder, "folder")
+    if problem:
+        raise VqclipError(f"weights folder {folder} {problem}; {how}")
+    return folder
 
 
 _weights_folder = weights_dir  # for functions whose `weights_dir` parameter shadows the function
@@ -263,8 +274,15 @@ def validate_yaml(path: Path, source: str | None = None) -> None:
     import yaml
 
     where = source or str(path)
+    problem = path_problem(path, "file")
+    if problem:
+        raise VqclipError(f"{where} {problem}; a model config must be a taming .yaml file")
     try:
-        data = yaml.safe_load(path.read_text(errors="replace"))
+        text = path.read_text(errors="replace")
+        if looks_like_html(text[:1024].encode()):
+            raise VqclipError(f"{where} is an HTML page, not a yaml (a failed download saved under that name?); "
+                              "replace it with the model's taming config")
+        data = yaml.safe_load(text)
     except (OSError, yaml.YAMLError) as e:
         raise VqclipError(f"{where} is not a readable yaml ({type(e).__name__}); "
                           "is it an HTML page saved by mistake?") from None
@@ -419,22 +437,37 @@ def _is_path_like(text: str) -> bool:
     return any(sep in text for sep in ("/", "\\")) or text.endswith((".yaml", ".yml", ".ckpt"))
 
 
+def _not_a_file(path: Path, what: str, fix: str) -> VqclipError | None:
+    """The error for `path` when it is not a regular file: "not found" only when nothing is there."""
+    problem = path_problem(path, "file")
+    if problem is None:
+        return None
+    if problem == "does not exist":
+        return WeightsMissing(f"{what} {path} not found; {fix}")
+    return VqclipError(f"{what} {path} {problem}; {fix}")
+
+
 def _path_files(text: str, folder: Path, console: Console | None) -> ModelFiles:
     given = Path(text).expanduser()
     if given.suffix == ".ckpt":
         ckpt, yaml_path = given, given.with_suffix(".yaml")
-        if not ckpt.is_file():
-            raise WeightsMissing(f"checkpoint {ckpt} not found; pass an existing .ckpt or .yaml, or a name from "
-                                 "`vqclip weights list`")
-        if not yaml_path.is_file():
-            raise WeightsMissing(f"{ckpt.name} has no model config beside it; expected {yaml_path}")
+        err = _not_a_file(ckpt, "checkpoint", "pass an existing .ckpt or .yaml, or a name from `vqclip weights list`")
+        if err:
+            raise err
+        err = _not_a_file(yaml_path, f"{ckpt.name} needs a model config beside it, but", "save the taming config "
+                          "there")
+        if err:
+            raise WeightsMissing(f"{ckpt.name} has no model config beside it; expected {yaml_path}") \
+                if not yaml_path.exists() else err
     else:
         yaml_path, ckpt = given, given.with_suffix(".ckpt")
-        if not yaml_path.is_file():
-            raise WeightsMissing(f"model config {yaml_path} not found; pass an existing .yaml, or a name from "
-                                 "`vqclip weights list`")
-        if not ckpt.is_file():
-            raise WeightsMissing(f"{yaml_path.name} has no checkpoint beside it; expected {ckpt}")
+        err = _not_a_file(yaml_path, "model config", "pass an existing .yaml, or a name from `vqclip weights list`")
+        if err:
+            raise err
+        err = _not_a_file(ckpt, f"{yaml_path.name} needs a checkpoint beside it, but", "put the .ckpt there")
+        if err:
+            raise WeightsMissing(f"{yaml_path.name} has no checkpoint beside it; expected {ckpt}") \
+                if not ckpt.exists() else err
     return ModelFiles(ckpt.stem, yaml_path, ckpt, _custom_sha(ckpt, folder, console), "path")
 
 
@@ -483,12 +516,13 @@ class ModelStatus:
     yaml_path: Path | None
     sha256: str | None
     partial_bytes: int = 0
+    problem: str | None = None  # why a custom pair cannot load (status "broken")
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "description": self.description, "size": self.size,
                 "installed": self.installed, "status": self.status, "path": str(self.ckpt_path),
                 "yaml": str(self.yaml_path) if self.yaml_path else None, "sha256": self.sha256,
-                "partial_bytes": self.partial_bytes}
+                "partial_bytes": self.partial_bytes, "problem": self.problem}
 
 
 def registry_status(spec: WeightSpec, folder: Path) -> ModelStatus:
@@ -507,14 +541,162 @@ def registry_status(spec: WeightSpec, folder: Path) -> ModelStatus:
                        "partial" if partial else "missing", ckpt, yaml_path, spec.sha256, partial)
 
 
+BROKEN = "broken"  # a custom pair that cannot load (ModelStatus.problem says why)
+
+
 def custom_status(name: str, yaml_path: Path, folder: Path) -> ModelStatus:
+    """A custom pair's row; its yaml is parsed and its checkpoint's pickle scanned (no torch, no hashing)."""
     ckpt = yaml_path.with_suffix(".ckpt")
-    if not ckpt.is_file():
+    if not ckpt.exists() and not ckpt.is_symlink():
         return ModelStatus(name, "custom", "custom (.yaml, no .ckpt yet)", None, False, "no checkpoint", ckpt,
                            yaml_path, None)
+    problem = custom_problem(yaml_path, ckpt)
+    size = ckpt.stat().st_size if ckpt.is_file() else None
+    if problem:
+        return ModelStatus(name, "custom", "custom model (your .yaml + .ckpt)", size, True, BROKEN, ckpt,
+                           yaml_path, None, problem=problem)
     entry = fresh_entry(folder, ckpt)
-    return ModelStatus(name, "custom", "custom model (your .yaml + .ckpt)", ckpt.stat().st_size, True,
+    return ModelStatus(name, "custom", "custom model (your .yaml + .ckpt)", size, True,
                        CUSTOM, ckpt, yaml_path, str(entry["sha256"]) if entry else None)
+
+
+# -------------------------------------------------------------------- can a custom pair load? (no torch)
+
+# Globals that only ever appear as inert data in Lightning/numpy checkpoints; `checkpoints.load_checkpoint` maps
+# them to placeholders (Lightning) or to numpy's data constructors, never importing anything else.
+LIGHTNING_PREFIXES = ("pytorch_lightning.callbacks.", "lightning.pytorch.callbacks.", "lightning_fabric.")
+NUMPY_SAFE = frozenset({
+    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
+    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",
+})
+# torch's weights-only allow-list (torch._weights_only_unpickler), spelled as rules so no torch import is needed.
+_TORCH_SAFE = frozenset({
+    "_codecs.encode", "builtins.bytearray", "builtins.complex", "builtins.set", "collections.Counter",
+    "collections.OrderedDict", "torch.Size", "torch.Tensor", "torch.device", "torch.nn.parameter.Parameter",
+    "torch.serialization._get_layout", "torch.storage.TypedStorage", "torch.storage.UntypedStorage",
+    "torch._tensor._rebuild_from_type_v2",
+})
+_TORCH_TYPES = re.compile(r"^torch\.(cuda\.)?(sparse\.)?[A-Z][A-Za-z0-9]*(Storage|Tensor)$")
+_TORCH_DTYPES = re.compile(r"^torch\.(u?int\d+|float\d+\w*|bfloat16|b?complex\d+|bool|bits\w+|q?u?int\d+x?\d*|"
+                           r"per_(tensor|channel)_\w+)$")
+_PICKLE_STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING",
+                   "STRING"}
+_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a legacy (non-zip) torch.save file
+
+
+def safe_global(name: str) -> bool:
+    """Whether vqclip's safe loader accepts this pickled global (torch's list, Lightning callbacks, numpy data)."""
+    return (name in _TORCH_SAFE or name.startswith("torch._utils._rebuild_") or bool(_TORCH_TYPES.match(name))
+            or bool(_TORCH_DTYPES.match(name)) or name.startswith(LIGHTNING_PREFIXES) or name in NUMPY_SAFE)
+
+
+def torch_safe_global(name: str) -> bool:
+    """Whether torch's own weights-only loader accepts this global (what open_clip's CLIP loading uses)."""
+    return (name in _TORCH_SAFE or name.startswith("torch._utils._rebuild_") or bool(_TORCH_TYPES.match(name))
+            or bool(_TORCH_DTYPES.match(name)))
+
+
+def _scan_pickle(stream: Any, found: list[str]) -> list[Any]:
+    """Read one pickle from `stream` opcode by opcode (nothing is executed) and add the globals it names."""
+    import pickletools
+
+    strings: list[str] = []
+    memo: dict[Any, str] = {}
+    memo_next = 0
+    last: str | None = None
+    args: list[Any] = []
+    for op, arg, _pos in pickletools.genops(stream):
+        name = op.name
+        args.append(arg)
+        if name in ("GLOBAL", "INST"):
+            module, _, attr = str(arg).partition(" ")
+            found.append(f"{module}.{attr}")
+        elif name == "STACK_GLOBAL":
+            found.append(f"{strings[-2]}.{strings[-1]}" if len(strings) >= 2 else "an unnamed global")
+        if name in _PICKLE_STRINGS:
+            text = arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)
+            strings.append(text)
+            last = text
+        elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            if last is not None:
+                memo[arg] = last
+        elif name == "MEMOIZE":
+            if last is not None:
+                memo[memo_next] = last
+            memo_next += 1
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            if arg in memo:
+                strings.append(memo[arg])
+                last = memo[arg]
+        else:
+            last = None
+        if name == "STOP":
+            break
+    return args
+
+
+def checkpoint_globals(path: Path) -> list[str]:
+    """The globals a PyTorch checkpoint's pickle needs, read without torch and without unpickling. Raises
+    ValueError when the file is neither a torch zip archive nor a legacy torch pickle."""
+    import zipfile
+
+    found: list[str] = []
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            pkl = next((n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") <= 1), None)
+            if pkl is None:
+                raise ValueError("a zip archive without data.pkl")
+            with zf.open(pkl) as fh:
+                _scan_pickle(fh, found)
+        return found
+    with open(path, "rb") as fh:
+        first = _scan_pickle(fh, found)
+        if _TORCH_MAGIC not in first:
+            if found:
+                return found  # a plain pickle: what it would run is the news
+            raise ValueError("no torch magic number")
+        for _ in range(3):  # protocol version, system info, then the object itself
+            _scan_pickle(fh, found)
+    return found
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why vqclip's safe loader would refuse `ckpt`, or None; cheap enough for `weights list` (reads the pickle
+    inside the archive, not the tensors)."""
+    problem = path_problem(ckpt, "file")
+    if problem:
+        return f"{ckpt.name} {problem}"
+    try:
+        with open(ckpt, "rb") as fh:
+            head = fh.read(1024)
+    except OSError as e:
+        return f"{ckpt.name} cannot be read ({e.strerror or type(e).__name__})"
+    if not head:
+        return f"{ckpt.name} is empty; replace it with the model's checkpoint"
+    if looks_like_html(head):
+        return f"{ckpt.name} is an HTML page, not a checkpoint (a failed download?); replace it"
+    try:
+        names = checkpoint_globals(ckpt)
+    except Exception:  # noqa: BLE001 - any parse failure (zip, pickle opcodes, EOF) means "not a checkpoint"
+        return f"{ckpt.name} is not a PyTorch checkpoint (neither a torch zip archive nor a torch pickle)"
+    refused = sorted({n for n in names if not safe_global(n)})
+    if refused:
+        return refusal(ckpt, refused)
+    return None
+
+
+def refusal(ckpt: Path, refused: list[str]) -> str:
+    return (f"{ckpt.name} would run code when loaded (it pickles {', '.join(refused[:3])}); vqclip refuses it, "
+            f"so use another checkpoint (or pass --trust-checkpoint {ckpt} to generate only if you trust the file)")
+
+
+def custom_problem(yaml_path: Path, ckpt: Path) -> str | None:
+    """Why a custom NAME.yaml + NAME.ckpt pair cannot load (yaml first: it is the cheaper check), or None."""
+    try:
+        validate_yaml(yaml_path, source=yaml_path.name)
+    except VqclipError as e:
+        return e.message
+    return checkpoint_problem(ckpt)
 
 
 def all_status(folder: Path, registry: Mapping[str, WeightSpec] | None = None) -> list[ModelStatus]:
@@ -552,12 +734,25 @@ def verify_model(name: str, folder: Path, console: Console | None = None,
     customs = custom_models(folder, registry)
     if name in customs:
         ckpt = customs[name].with_suffix(".ckpt")
-        if not ckpt.is_file():
+        if not ckpt.exists() and not ckpt.is_symlink():
             return VerifyResult(name, False, f"no checkpoint; expected {ckpt}")
+        problem = custom_problem(customs[name], ckpt) or _torch_refusal(ckpt)
+        if problem:
+            return VerifyResult(name, False, problem)
         got = sha256_file(ckpt, console)
         record_file(folder, ckpt, got, CUSTOM)
         return VerifyResult(name, True, f"custom; sha256 {got[:16]}… recorded")
     raise VqclipError(f"unknown model {name!r}; known: {', '.join(known_names(folder, registry))}")
+
+
+def _torch_refusal(ckpt: Path) -> str | None:
+    """torch's own scan of the pickle (exact where `checkpoint_problem` is a light reading), for `verify`."""
+    try:
+        from vqclip.checkpoints import refused_globals
+    except ImportError:  # torch missing: the light scan has spoken
+        return None
+    refused = refused_globals(ckpt)
+    return refusal(ckpt, refused) if refused else None
 
 
 def removal_targets(name: str, folder: Path, registry: Mapping[str, WeightSpec] | None = None) -> list[Path]:
@@ -642,7 +837,8 @@ def cached_clip_weights() -> list[ClipWeights]:
 
 
 def download_clip(text: str) -> Path:
-    """Fetch open_clip weights into the HF hub cache (what `vqclip generate` will load); return the file."""
+    """Fetch open_clip weights into the HF hub cache (what `vqclip generate` will load); return the file.
+    Without a connection it fails within seconds (not after the hub client's minute of retries)."""
     import open_clip
 
     model, tag = parse_clip_name(text)
@@ -652,12 +848,173 @@ def download_clip(text: str) -> Path:
     if not cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
         raise VqclipError(f"CLIP model {model} has no pretrained tag {tag!r}; known tags: {tags}")
+    mode = clip_fetch_mode(model, tag, cfg)
     try:
-        path = open_clip.pretrained.download_pretrained(cfg)
+        with quiet_root_logger(), hub_offline(mode == "offline"):
+            path = open_clip.pretrained.download_pretrained(cfg)
     except Exception as e:  # hub/urllib raise many kinds; all mean "not available now"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise WeightsMissing(f"cannot fetch CLIP weights {model}/{tag} ({first}); run `vqclip weights download "
+        if hub_is_offline():
+            raise WeightsMissing(clip_missing(model, tag, cfg)) from None
+        raise WeightsMissing(f"cannot fetch CLIP weights {model}/{tag} ({reason(e)}); run `vqclip weights download "
                              f"clip:{model}/{tag}` when online") from None
     if not path:
         raise WeightsMissing(f"CLIP weights {model}/{tag} have no download source in open_clip")
     return Path(path)
+
+
+# ------------------------------------------------------------------------ CLIP weights: cached or reachable?
+
+HF_DEFAULT_ENDPOINT = "https://huggingface.co"
+HF_WEIGHTS = "open_clip_pytorch_model.bin"
+PROBE_TIMEOUT = 3.0  # seconds for the TCP connection that decides "no connection"
+
+
+def reason(e: BaseException, limit: int = 240) -> str:
+    """The first line of an exception, shortened at a word boundary (never mid-word) when very long."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    text = lines[0] if lines else type(e).__name__
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+    return text
+
+
+def _clip_source(cfg: Mapping[str, Any]) -> tuple[str | None, list[str], str | None]:
+    """(Hugging Face repo, file names the hub may hold, in open_clip's order of preference, plain URL)."""
+    hub = str(cfg.get("hf_hub") or "")
+    if hub:
+        repo, filename = os.path.split(hub)
+        filename = filename or HF_WEIGHTS
+        safe = ["open_clip_model.safetensors"] if filename == HF_WEIGHTS else \
+            [filename[:-4] + ".safetensors"] if filename.endswith((".bin", ".pth")) else []
+        return repo, [*safe, filename], None
+    return None, [], str(cfg.get("url") or "") or None
+
+
+def clip_cached(cfg: Mapping[str, Any]) -> Path | None:
+    """The cached weights file of an open_clip pretrained config, if any (no network)."""
+    if cfg.get("file"):
+        return Path(str(cfg["file"]))
+    repo, names, url = _clip_source(cfg)
+    if repo:
+        from huggingface_hub import try_to_load_from_cache
+
+        for name in names:
+            hit = try_to_load_from_cache(repo, name, cache_dir=str(hf_hub_cache()))
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return Path(hit)
+        return None
+    if url:
+        local = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(urllib.parse.urlsplit(url).path)
+        return local if local.is_file() else None
+    return None
+
+
+def hub_is_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def unreachable(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None when a TCP connection to the server of `url` (or to the proxy for it) opens within `timeout`
+    seconds; otherwise why not, in a few words. Name resolution runs in a thread so it cannot hang either."""
+    import socket
+    import threading
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and host and not urllib.request.proxy_bypass(host):
+        pp = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = pp.hostname or host, pp.port or 8080
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except socket.gaierror:
+            result.append(f"{host} cannot be resolved")
+        except OSError as e:
+            result.append(f"{host}:{port} refused or unreachable ({e.strerror or type(e).__name__})")
+
+    worker = threading.Thread(target=probe, name="vqclip-probe", daemon=True)
+    worker.start()
+    worker.join(timeout + 1.0)
+    return result[0] if result else f"{host}:{port} did not answer within {timeout:.0f} s"
+
+
+def clip_fetch_mode(model: str, tag: str, cfg: Mapping[str, Any]) -> str:
+    """How to load open_clip weights `model/tag`: "online" (let the hub client check and fetch), "offline"
+    (HF_HUB_OFFLINE is set, or the weights are cached and there is no connection to check them: answer from the
+    cache without asking the network, which fails at once when they are not there). Raises `WeightsMissing`,
+    quickly and in one line, when the weights are not cached and there is no connection (instead of the hub
+    client's minute of retries)."""
+    if hub_is_offline():
+        return "offline"
+    repo, _names, url = _clip_source(cfg)
+    server = (os.environ.get("HF_ENDPOINT", "").rstrip("/") or HF_DEFAULT_ENDPOINT) if repo else (url or "")
+    why = unreachable(server) if server else None
+    if why is None:
+        return "online"
+    if clip_cached(cfg) is not None:
+        return "offline"
+    raise WeightsMissing(clip_missing(model, tag, cfg, f"there is no connection ({why})"))
+
+
+def clip_missing(model: str, tag: str, cfg: Mapping[str, Any], why: str | None = None) -> str:
+    """The one line for CLIP weights that are not cached and cannot be fetched now: the command, or the copy."""
+    why = why or ("HF_HUB_OFFLINE is set" if hub_is_offline() else "they could not be downloaded")
+    repo, _names, url = _clip_source(cfg)
+    if repo:
+        where = f"copy the folder {hf_hub_cache() / ('models--' + repo.replace('/', '--'))} from a machine that has it"
+    else:
+        where = f"copy {os.path.basename(url or '?')} into ~/.cache/clip"
+    return (f"CLIP weights {model}/{tag} are not downloaded and {why}; run `vqclip weights download "
+            f"clip:{model}/{tag}` when online, or {where} (or pass --clip-pretrained FILE)")
+
+
+class hub_offline:
+    """While active (when `on`), the Hugging Face hub client answers from its cache and never touches the
+    network (its offline mode, flipped for this call only)."""
+
+    def __init__(self, on: bool = True) -> None:
+        self.on = on
+        self.saved: bool | None = None
+
+    def __enter__(self) -> hub_offline:
+        if self.on:
+            from huggingface_hub import constants
+
+            self.saved = constants.HF_HUB_OFFLINE
+            constants.HF_HUB_OFFLINE = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.on and self.saved is not None:
+            from huggingface_hub import constants
+
+            constants.HF_HUB_OFFLINE = self.saved
+
+
+class quiet_root_logger:
+    """Libraries that call `logging.error(...)` on the root logger (open_clip does, before raising) print a
+    stray `ERROR:root:` line, and install a stderr handler for good; vqclip reports the error itself."""
+
+    def __enter__(self) -> quiet_root_logger:
+        import logging
+
+        root = logging.getLogger()
+        self.level = root.level
+        self.null = logging.NullHandler()
+        root.addHandler(self.null)  # so logging.error() does not call basicConfig()
+        root.setLevel(logging.CRITICAL + 1)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import logging
+
+        root = logging.getLogger()
+        root.removeHandler(self.null)
+        root.setLevel(self.level)

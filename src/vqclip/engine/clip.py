@@ -1,10 +1,17 @@
-"""CLIP through open_clip: a model name or a model-config JSON, a pretrained tag or a checkpoint path."""
+"""CLIP through open_clip: a model name or a model-config JSON, a pretrained tag or a checkpoint path.
+
+Loading is defensive: a model-config that is not one, or a checkpoint whose pickle would run code, is refused
+in one line before open_clip sees it (and open_clip itself loads with `weights_only=True`); weights that are
+not cached fail within seconds when there is no connection, naming the command that fetches them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import logging
+import inspect
+import json
+import pickle
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -89,25 +96,59 @@ class ClipModel:
 
 @contextlib.contextmanager
 def quiet_logs() -> Iterator[None]:
-    """open_clip logs a root-logger WARNING for random weights; that is expected here, not news."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
+    """open_clip logs a root-logger WARNING for random weights (expected here, not news) and a root-logger
+    ERROR before raising a download failure (which vqclip reports itself, in one line)."""
+    from vqclip.weights import quiet_root_logger
+
+    with quiet_root_logger():
         yield
-    finally:
-        root.setLevel(level)
+
+
+_MODEL_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+
+
+def _check_model_config(p: Path) -> None:
+    """One line when `p` is not an open_clip model config (open_clip would skip it silently, then fail with
+    "model config not found")."""
+    fix = "pass an open_clip model name (e.g. ViT-B-32-quickgelu) or an open_clip model-config .json"
+    try:
+        with open(p, "rb") as fh:  # a regular file (checked by the caller); links given on purpose are fine
+            data = json.loads(fh.read(16 << 20).decode("utf-8"))
+    except OSError as e:
+        raise VqclipError(f"CLIP model config {p} {e.strerror or 'cannot be read'}; {fix}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise VqclipError(f"CLIP model config {p} is not JSON ({type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:100]}); {fix}") from None
+    if not isinstance(data, dict):
+        raise VqclipError(f"CLIP model config {p} is JSON but not an object; {fix}")
+    missing = [k for k in _MODEL_CONFIG_KEYS if k not in data]
+    if missing:
+        raise VqclipError(f"CLIP model config {p} has no {' / '.join(missing)}; an open_clip model config needs "
+                          f"{', '.join(_MODEL_CONFIG_KEYS)} (see open_clip's model_configs/*.json)")
+    bad = [k for k in ("vision_cfg", "text_cfg") if not isinstance(data[k], dict)]
+    if bad:
+        raise VqclipError(f"CLIP model config {p}: {' and '.join(bad)} must be JSON objects; {fix}")
+    if isinstance(data["embed_dim"], bool) or not isinstance(data["embed_dim"], int):
+        raise VqclipError(f"CLIP model config {p}: embed_dim must be an integer; {fix}")
 
 
 def resolve_clip_name(name_or_path: str) -> str:
     """Model name for open_clip; a path to a model-config JSON is registered under its file stem."""
     import open_clip
 
+    from vqclip.runs import path_problem
+
     p = Path(name_or_path)
-    if name_or_path.endswith(".json") or p.is_file():
-        if not p.is_file():
+    looks_like_path = any(c in name_or_path for c in "/\\") and (p.exists() or p.is_symlink())
+    if name_or_path.endswith(".json") or p.is_file() or looks_like_path:
+        problem = path_problem(p, "file")
+        if problem == "does not exist":
             raise VqclipError(f"CLIP model config {p} not found; pass an open_clip model name "
                               "(e.g. ViT-B-32-quickgelu) or an existing .json")
+        if problem:
+            raise VqclipError(f"CLIP model config {p} {problem}; pass an open_clip model name "
+                              "(e.g. ViT-B-32-quickgelu) or a model-config .json file")
+        _check_model_config(p)
         try:
             open_clip.add_model_config(p)
         except Exception as e:
@@ -124,11 +165,18 @@ def resolve_clip_name(name_or_path: str) -> str:
 def _pretrained_arg(name: str, pretrained: str | None) -> str | None:
     import open_clip
 
+    from vqclip.runs import path_problem
+
     if pretrained is None or pretrained.strip().lower() in ("", "none", "random"):
         return None
     if Path(pretrained).is_file():
+        _check_clip_checkpoint(Path(pretrained))
         return pretrained
-    if any(c in pretrained for c in "/\\") or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+    pathish = any(c in pretrained for c in "/\\") or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    if pathish or Path(pretrained).exists():
+        problem = path_problem(Path(pretrained), "file")
+        if problem and problem != "does not exist":
+            raise VqclipError(f"CLIP checkpoint {pretrained} {problem}; pass a checkpoint file or a pretrained tag")
         raise VqclipError(f"CLIP checkpoint {pretrained} not found; pass an existing file or a pretrained tag")
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained not in tags:
@@ -137,21 +185,79 @@ def _pretrained_arg(name: str, pretrained: str | None) -> str | None:
     return pretrained
 
 
+# Files open_clip loads without unpickling: safetensors, and big_vision .npz (np.load without allow_pickle).
+_NO_PICKLE = (".safetensors", ".npz")
+
+
+def _check_clip_checkpoint(path: Path) -> None:
+    """Refuse a CLIP checkpoint whose pickle names anything beyond torch's weights-only allow-list (it would
+    run code when loaded), and name an HTML page, an empty file or a non-checkpoint, before open_clip reads it.
+    Nothing is unpickled here: the pickle's opcodes are read (and torch's own scan is asked for zip archives)."""
+    from vqclip import weights as W
+    from vqclip.errors import UnsafeCheckpoint
+
+    if path.suffix.lower() in _NO_PICKLE:
+        return
+    problem = W.checkpoint_problem(path)
+    names: list[str] = []
+    if problem is None or "would run code" in problem:
+        try:
+            names = W.checkpoint_globals(path)
+        except Exception:  # noqa: BLE001 - checkpoint_problem has already said what it is
+            names = []
+        try:
+            names += list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        except Exception:  # noqa: BLE001 - legacy format: the opcode scan above covers it
+            pass
+    refused = sorted({n for n in names if not W.torch_safe_global(n)})
+    if refused:
+        raise UnsafeCheckpoint(f"CLIP checkpoint {path} would run code when loaded (its pickle names "
+                               f"{', '.join(refused[:3])}); refusing it: CLIP weights load only as plain tensors "
+                               "(weights_only), so use a state_dict .pt/.bin or a .safetensors file")
+    if problem is not None:
+        raise VqclipError(f"CLIP checkpoint {problem.replace(path.name, str(path), 1)}")
+
+
 def load_clip(name_or_path: str, pretrained: str | None, device: torch.device | str = "cpu") -> ClipModel:
     """Build the CLIP model frozen in eval mode; downloads go through open_clip's Hugging Face cache."""
     import open_clip
 
+    from vqclip import weights as W
+
     name = resolve_clip_name(name_or_path)
     arg = _pretrained_arg(name, pretrained)
+    is_file = arg is not None and Path(arg).is_file()
+    offline = False
+    cfg: dict[str, Any] = {}
+    if arg is not None and not is_file:
+        cfg = open_clip.get_pretrained_cfg(name, arg) or {}
+        offline = W.clip_fetch_mode(name, arg, cfg) == "offline"
+    kwargs: dict[str, Any] = {}
+    if "weights_only" in inspect.signature(open_clip.create_model).parameters:
+        kwargs["weights_only"] = True  # never a full unpickle, whatever open_clip's default
     try:
-        with quiet_logs():
-            model = open_clip.create_model(name, pretrained=arg, device=device)
-    except (OSError, ConnectionError, RuntimeError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        if arg is not None and not Path(arg).is_file():
+        with quiet_logs(), W.hub_offline(offline):
+            model = open_clip.create_model(name, pretrained=arg, device=device, **kwargs)
+    except (OSError, ConnectionError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
+        first = W.reason(e)
+        if isinstance(e, pickle.UnpicklingError):
+            from vqclip.checkpoints import _refusal
+
+            first = f"weights_only refused it: {_refusal(e)}"
+        if arg is not None and not is_file:
+            cached = W.clip_cached(cfg)
+            if cached is not None:
+                raise WeightsMissing(
+                    f"the cached CLIP weights {name}/{arg} ({cached}) cannot be loaded ({first}); remove them "
+                    f"(`hf cache delete`) and run `vqclip weights download clip:{name}/{arg}`") from None
+            if W.hub_is_offline():
+                raise WeightsMissing(W.clip_missing(name, arg, cfg)) from None
             raise WeightsMissing(
                 f"CLIP weights {name}/{arg} are not cached and could not be downloaded ({first}); "
                 f"connect to the internet and run `vqclip weights download clip:{name}/{arg}`") from None
+        if isinstance(e, pickle.UnpicklingError):
+            raise VqclipError(f"CLIP checkpoint {arg} cannot be loaded safely ({first}); use a state_dict "
+                              ".pt/.bin or a .safetensors file") from None
         raise VqclipError(f"cannot load CLIP {name} from {arg} ({first})") from None
     model.eval().requires_grad_(False)
     size = model.visual.image_size
