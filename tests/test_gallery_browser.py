@@ -76,11 +76,34 @@ def gallery(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"out": out, "index": report.index, "kiosk": kiosk.index, "runs": report.runs}
 
 
+def _install_chromium() -> str | None:
+    """Install Debian's `chromium` when it is missing and this process may (root, apt-get present), so the
+    README's test command works on a fresh machine; returns why it could not, or None."""
+    import shutil
+    import subprocess
+
+    if os.environ.get("VQCLIP_CHROMIUM"):
+        return "VQCLIP_CHROMIUM names a path that does not exist"
+    if not shutil.which("apt-get") or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "no apt-get here, or not root"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        try:
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"{' '.join(cmd)} failed ({e})"
+        if done.returncode != 0:
+            return f"{' '.join(cmd)} failed ({(done.stderr.strip().splitlines() or ['?'])[-1][:120]})"
+    return None if CHROMIUM.exists() else "apt-get installed no /usr/bin/chromium"
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    why = _install_chromium() if not CHROMIUM.exists() else None
     if not CHROMIUM.exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install it (`apt-get install -y chromium`) or set "
-                    "VQCLIP_CHROMIUM; the gallery browser tests must run, not skip", pytrace=False)
+        pytest.fail(f"Chromium not found at {CHROMIUM} and could not be installed ({why}): install it "
+                    "(`apt-get install -y chromium`) or set VQCLIP_CHROMIUM; the gallery browser tests must run, "
+                    "not skip", pytrace=False)
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

@@ -64,8 +64,8 @@ def _cell(value: Any) -> Any:
 
 
 def dumps(obj: Any) -> str:
-    """JSON with non-ASCII kept readable but every unsafe character (see `_UNSAFE`) as a `\\uXXXX` escape, so
-    the output is valid UTF-8 and parses back to the same strings."""
+    """JSON with non-ASCII kept readable but every unsafe character (see `_UNSAFE`) as a `\\u` escape of four
+    hex digits, so the output is valid UTF-8 and parses back to the same strings."""
     text = json.dumps(obj, indent=2, ensure_ascii=False)
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
