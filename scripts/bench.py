@@ -102,7 +102,8 @@ def make_session(device: Any, width: int, height: int, cutn: int, *, precision: 
     budget is read before anything is loaded, as a run does), then models unless given (random weights), prompts
     unless given, and the frozen weights stored as planned (once per `models`). Returns
     (session, models, prompts, info); pass models and prompts back in for more sessions at other sizes."""
-    from vqclip import engine, memory
+    from vqclip import engine
+    from vqclip.pipeline import memory
     from vqclip.config import build_config
     from vqclip.engine.precision import choose_precision
     from vqclip.weights import packaged_yaml
@@ -216,7 +217,8 @@ class Lab:
     def __init__(self, device: Any, cutn: int) -> None:
         import torch
 
-        from vqclip import engine, memory
+        from vqclip import engine
+    from vqclip.pipeline import memory
         from vqclip.engine.precision import choose_precision
         from vqclip.weights import packaged_yaml
 
@@ -392,13 +394,14 @@ def _machine() -> str:
 
 
 def bench_fit(args: argparse.Namespace, console: Any) -> dict[str, Any]:
-    """Largest square size per GPU memory size, from the memory model (`vqclip.memory`), not a measurement:
+    """Largest square size per GPU memory size, from the memory model (`vqclip.pipeline.memory`), not a measurement:
     CUDA, bf16 (as `precision=auto` picks on bf16 cards), cutn `--cutn`, f16 ImageNet decoder + ViT-B/32."""
     _import_path()
     import torch
     from rich.table import Table
 
-    from vqclip import engine, memory
+    from vqclip import engine
+    from vqclip.pipeline import memory
     from vqclip.engine.precision import Precision
     from vqclip.weights import packaged_yaml
 

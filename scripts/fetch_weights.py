@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from vqclip.cli_weights import app
+from vqclip.commands.weights import app
 
 
 def main(argv: list[str] | None = None) -> None:

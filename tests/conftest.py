@@ -21,7 +21,7 @@ def vqclip_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny VQGANs (VQModel and GumbelVQ layouts, Lightning-style ckpts) and a tiny open_clip model, on disk."""
-    from vqclip.tiny import make_tiny_clip, make_tiny_vqgan
+    from vqclip.testing import make_tiny_clip, make_tiny_vqgan
 
     folder = tmp_path_factory.mktemp("tiny_models")
     vq_yaml, vq_ckpt = make_tiny_vqgan(folder, "tiny_vq")

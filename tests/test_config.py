@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from vqclip.cli_common import format_validation_error
+from vqclip.config import validation_lines as format_validation_error
 from vqclip.config import RunConfig, build_config, default_values, describe, field_help, load_config_file
 from vqclip.errors import VqclipError
 from vqclip.prompts import ImagePrompt, NoisePrompt, TextPrompt

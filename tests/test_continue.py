@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from vqclip import cli_progress
-from vqclip.chain import fit_grid, grid_change
+from vqclip.commands import progress as cli_progress
+from vqclip.pipeline.resume import fit_grid, grid_change
 from vqclip.cli import app
 from vqclip.errors import UsageError
 from vqclip.runs import RunInfo, find_run, read_details
@@ -90,10 +90,10 @@ class Frames(cli_progress.RichReporter):
 
 
 def test_interrupted_parent_finishes_exactly_and_the_video_continues(base):
-    from vqclip.chain import continue_run
+    from vqclip.pipeline.resume import continue_run
     from vqclip.config import build_config
-    from vqclip.pipeline import RunRequest, execute
-    from vqclip.video import to_uint8
+    from vqclip.pipeline.execute import RunRequest, execute
+    from vqclip.pipeline.media import to_uint8
 
     t, out = base["t"], base["out"]
     cfg = build_config(None, {"prompt": "a red apple", "model": str(t["vqgan_yaml"]), "clip_model": str(t["clip_json"]),
@@ -135,8 +135,8 @@ def test_fit_grid_centres_the_old_grid():
 def test_new_size_crops_and_pads_tokens_from_the_seed(base):
     """The prepare hook: old tokens centred, new border = the seed's random start, optimizer dropped."""
     from vqclip import engine
-    from vqclip.chain import make_prepare, plan_continue
-    from vqclip.pipeline import Reporter
+    from vqclip.pipeline.resume import make_prepare, plan_continue
+    from vqclip.pipeline.execute import Reporter
 
     t, parent = base["t"], find_run(str(base["parent"]), base["out"])
     plan = plan_continue(parent, {"width": 40, "height": 24})
@@ -281,8 +281,8 @@ def test_interrupted_chain_stops_and_exits_130(tiny_models, tmp_path, monkeypatc
 def test_combined_video_of_stages_of_different_sizes(tmp_path):
     import imageio.v2 as imageio
 
-    from vqclip.chain import combine_videos
-    from vqclip.video import VideoWriter
+    from vqclip.pipeline.stages import combine_videos
+    from vqclip.pipeline.media import VideoWriter
 
     sources = []
     for i, (w, h, n) in enumerate([(32, 32, 3), (48, 24, 4)]):

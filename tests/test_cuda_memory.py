@@ -14,7 +14,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vqclip import engine, memory, pipeline
+from vqclip import engine
+from vqclip.pipeline import memory, execute as pipeline
 from vqclip.cli import app
 from vqclip.config import build_config
 from vqclip.engine import loop
@@ -181,7 +182,7 @@ def test_device_cache_is_released_after_a_run_and_after_a_failed_one(tiny_models
 
 
 def test_device_cache_is_released_between_chain_stages(tiny_models, tmp_path, released, monkeypatch):
-    from vqclip import chain
+    from vqclip.pipeline import resume as chain
 
     order: list[str] = []
     real_execute = pipeline.execute

@@ -320,7 +320,7 @@ def test_installed_script_builds_without_importing_torch(tmp_path: Path) -> None
             f"app(['gallery', 'build', '--output-dir', {str(tmp_path)!r}], standalone_mode=False); "
             "assert 'torch' not in sys.modules, 'gallery build imported torch'")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=60)
-    code = "import vqclip.cli_gallery, vqclip.gallery, sys; assert 'torch' not in sys.modules"
+    code = "import vqclip.commands.gallery, vqclip.gallery, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     script = Path(sys.executable).with_name("vqclip")
     exe = [str(script)] if script.exists() else [sys.executable, "-m", "vqclip"]

@@ -23,7 +23,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vqclip.cli import app
-from vqclip.pipeline import Reporter
+from vqclip.pipeline.execute import Reporter
 
 pytestmark = pytest.mark.gpu
 runner = CliRunner()
@@ -99,10 +99,10 @@ def test_tiny_run_on_cuda_at_each_precision(tiny_models, tmp_path, precision):
 @pytest.mark.parametrize("first, then", [("cuda", "cpu"), ("cpu", "cuda")])
 def test_continue_across_devices(tiny_models, tmp_path, first, then):
     """The latent, the optimizer's moments and the step counter carry over from one device to the other."""
-    from vqclip.chain import continue_run
-    from vqclip.pipeline import RunRequest, execute
+    from vqclip.pipeline.resume import continue_run
+    from vqclip.pipeline.execute import RunRequest, execute
     from vqclip.runs import RunInfo
-    from vqclip.video import to_uint8
+    from vqclip.pipeline.media import to_uint8
 
     out = tmp_path / "output"
     parent = execute(RunRequest(config=tiny_config(tiny_models, device=first), output_dir=out))
@@ -131,7 +131,7 @@ def test_out_of_memory_mid_run_leaves_a_failed_run_folder(tiny_models, tmp_path)
     from vqclip import engine
     from vqclip.engine import loop
     from vqclip.errors import VqclipError
-    from vqclip.pipeline import RunRequest, execute
+    from vqclip.pipeline.execute import RunRequest, execute
 
     t, size, dev = tiny_models, 256, torch.device("cuda")  # the tiny decoder attends over all 128² tokens: GiBs
     cfg = tiny_config(t, width=size, height=size, steps=4, save_every=0, device="cuda", low_memory=False)

@@ -53,7 +53,7 @@ def test_the_vqclip_command_turns_it_on_before_torch(monkeypatch):
     """`vqclip.cli.main` calls `enable()` first; the CLI module itself does not load torch."""
     code = ("import sys; import vqclip.cli as c; print('torch' in sys.modules); "
             "import vqclip.hugepages as h; calls = []; h.enable = lambda: calls.append(1) or True; "
-            "sys.argv = ['vqclip', '--version']\n"
+            "sys.argv = ['vqclip', '--help']\n"
             "try:\n    c.main()\nexcept SystemExit:\n    pass\nprint(calls)")
     out = _fresh(code).splitlines()
     assert out[0] == "False" and out[-1] == "[1]"

@@ -13,7 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vqclip import engine, memory
+from vqclip import engine
+from vqclip.pipeline import memory
 from vqclip.cli import app
 from vqclip.config import build_config
 from vqclip.engine import loop
@@ -48,7 +49,7 @@ def live_tensors() -> int:
 
 def test_ten_runs_in_one_process_do_not_grow_memory(tiny_models, tmp_path):
     """The original app leaked memory across runs until a restart; here the 10th run ends where the 3rd did."""
-    from vqclip.pipeline import RunRequest, execute
+    from vqclip.pipeline.execute import RunRequest, execute
 
     cfg = build_config(None, {"prompt": "a blue sky", "model": str(tiny_models["vqgan_yaml"]),
                               "clip_model": str(tiny_models["clip_json"]),

@@ -467,7 +467,7 @@ def test_unknown_name_lists_known_names(folder: Path) -> None:
 
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch) -> Any:
-    from vqclip import cli_common
+    from vqclip.commands import common as cli_common
     from vqclip.cli import app
 
     monkeypatch.setattr(cli_common.out_console, "width", 200)  # whole table cells, whatever the terminal
@@ -614,5 +614,5 @@ def test_installed_script_in_a_real_subprocess(vqclip_home: Path) -> None:
 
 
 def test_weights_cli_does_not_import_torch() -> None:
-    code = "import sys, vqclip.cli_weights, vqclip.weights; sys.exit('torch' in sys.modules)"
+    code = "import sys, vqclip.commands.weights, vqclip.weights; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

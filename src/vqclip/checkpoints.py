@@ -255,7 +255,7 @@ def benchmark_cache(folder: str | Path, *, optimizer_states: bool = True,
     an init image). safetensors maps the file lazily, so the cached timings include copying every tensor into
     fresh memory (as moving them to a GPU would). Best of `repeats`; files are in the page cache (warm).
     """
-    from vqclip.tiny import _lightning_callback_key, _save_with_fake_lightning
+    from vqclip.testing import _lightning_callback_key, _save_with_fake_lightning
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ from vqclip.prompts import (
     parse_text_prompts,
 )
 
-__all__ = ["RunConfig", "default_values", "load_config_file", "build_config", "field_help", "describe"]
+__all__ = ["RunConfig", "default_values", "layered_values", "load_config_file", "build_config", "validation_lines",
+           "field_help", "describe"]
 
 _DEVICE = re.compile(r"auto|cpu|cuda(?::[0-9]+)?|mps", re.ASCII)
 _SIZE_KEYS = ("width", "height")
@@ -222,15 +223,31 @@ def _layer(merged: dict[str, Any], layer: dict[str, Any]) -> None:
     merged.update(layer)
 
 
-def build_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """defaults.yaml < user file < overrides (keys whose value is None are ignored: CLI flags not given)."""
+def layered_values(*layers: dict[str, Any] | None) -> dict[str, Any]:
+    """defaults.yaml, then each layer in turn (keys whose value is None are ignored: CLI flags not given)."""
     merged: dict[str, Any] = {}
     _layer(merged, default_values())
-    if config_file is not None:
-        _layer(merged, load_config_file(config_file))
-    if overrides:
-        _layer(merged, {key: value for key, value in overrides.items() if value is not None})
-    return RunConfig.model_validate(merged)
+    for layer in layers:
+        if layer:
+            _layer(merged, {key: value for key, value in layer.items() if value is not None})
+    return merged
+
+
+def build_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """defaults.yaml < user file < overrides (keys whose value is None are ignored: CLI flags not given)."""
+    user = load_config_file(config_file) if config_file is not None else None
+    return RunConfig.model_validate(layered_values(user, overrides))
+
+
+def validation_lines(exc: Any) -> list[str]:
+    """One readable line per bad field of a pydantic ValidationError."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__") or "config"
+        msg = str(err.get("msg", "invalid value"))
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return lines
 
 
 def field_help(name: str) -> str:

@@ -33,3 +33,7 @@ class WeightsMissing(VqclipError):
 
 class UnsafeCheckpoint(VqclipError):
     """A checkpoint would need arbitrary pickled globals to load."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would raise KeyboardInterrupt: the same clean stop, exit code 143."""

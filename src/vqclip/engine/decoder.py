@@ -168,7 +168,7 @@ def _maybe_checkpoint(fn: Callable[[Any, torch.Tensor], torch.Tensor], block: An
 
 def stages(decoder: Any) -> list[tuple[Callable[[Any, torch.Tensor], torch.Tensor], Any]]:
     """The decoder's blocks between `conv_in` and `norm_out`, in forward order, as (function, module) pairs:
-    the units that low-memory mode checkpoints (and that `vqclip.memory` traces)."""
+    the units that low-memory mode checkpoints (and that `vqclip.pipeline.memory` traces)."""
     out: list[tuple[Callable[[Any, torch.Tensor], torch.Tensor], Any]] = [
         (resnet_block, decoder.mid.block_1), (attn_block, decoder.mid.attn_1), (resnet_block, decoder.mid.block_2)]
     for i_level in reversed(range(decoder.num_resolutions)):

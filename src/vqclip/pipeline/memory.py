@@ -143,7 +143,7 @@ def count_saved() -> Any:
         return None
 
     def unpack(_: None) -> torch.Tensor:
-        raise RuntimeError("a graph traced by vqclip.memory.count_saved cannot be run backward")
+        raise RuntimeError("a graph traced by vqclip.pipeline.memory.count_saved cannot be run backward")
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         yield total
@@ -490,55 +490,48 @@ def _model_yaml(model: str, weights_dir: Any) -> Path:
                       "(see `vqclip weights list`) or a path to a taming .yaml")
 
 
-def dry_run(config: Any, *, weights_dir: Any = None, console: Any = None) -> Estimate:
-    """Print the estimated peak memory of `config` and the largest size that fits; start nothing."""
-    from rich.console import Console
-    from rich.table import Table
+@dataclass
+class DryRun:
+    """What `generate --dry-run` shows: both estimates, the mode a run would take, and what would fit."""
 
+    width: int
+    height: int
+    device: Any
+    precision: str
+    normal: Estimate
+    low: Estimate
+    low_memory: bool  # the mode this run would use
+    budget: int | None
+    largest: dict[bool, tuple[int, int] | None]  # low_memory → the largest size that fits
+
+    @property
+    def chosen(self) -> Estimate:
+        return self.low if self.low_memory else self.normal
+
+
+def dry_run(config: Any, *, weights_dir: Any = None, on_note: Any = None) -> DryRun:
+    """The estimated peak memory of `config` and the largest sizes that fit; starts nothing, prints nothing."""
     from vqclip import engine
     from vqclip.engine.precision import choose_precision
     from vqclip.prompts import floor_size
 
-    console = console or Console()
     spec = engine.read_spec(_model_yaml(config.model, weights_dir))
     width, height = floor_size(config.width, config.height, spec.factor)
-    device = engine.pick_device(config.device, on_fallback=lambda line: console.print(line, markup=False))
+    device = engine.pick_device(config.device, on_fallback=on_note)
     precision = choose_precision(config.precision, device)
     budget = memory_budget(device)
     args = (spec, config.clip_model, width, height, config.cutn, device, precision)
     with_encoder = bool(config.init_image)
     normal = estimate(*args, low_memory=False, with_encoder=with_encoder)
     low = estimate(*args, low_memory=True, with_encoder=with_encoder)
-    auto_low = _low_memory(config, normal, budget)
-    chosen = low if auto_low else normal
-
-    table = Table(title=f"Estimated peak memory: {width}x{height}, cutn {config.cutn}, {config.model} + "
-                        f"{config.clip_model} on {device} ({precision.describe()})", title_justify="left")
-    table.add_column("part")
-    table.add_column("normal", justify="right")
-    table.add_column("low-memory", justify="right")
-    for label, attr in (("runtime (torch, libraries)", "runtime"), ("weights", "weights"),
-                        ("decoder activations", "decoder_activations"), ("CLIP activations", "clip_activations"),
-                        ("convolution workspace", "workspace"), ("image, cutouts, scratch", "scratch"), ("peak while stepping", "step_phase"),
-                        ("peak while loading", "load_phase"), ("estimated peak", "total")):
-        if attr == "step_phase" and normal.slack:
-            table.add_row("workspaces, fragmentation (CUDA)", fmt(normal.slack), fmt(low.slack))
-        table.add_row(label, fmt(getattr(normal, attr)), fmt(getattr(low, attr)))
-    console.print(table)
-    mode = "low-memory" if auto_low else "normal"
-    if budget is None:
-        console.print(f"This run would use {mode} mode; available memory unknown.")
-        return chosen
-    verdict = "fits" if chosen.total <= budget else "does NOT fit"
-    console.print(f"Available on {device}: {fmt(budget)} → {mode} mode, {verdict} "
-                  f"({'low-memory switched on automatically' if auto_low and config.low_memory is None else 'as asked' if config.low_memory is not None else 'low-memory not needed'}).")
-    for lm, label in ((False, "normal"), (True, "low-memory")):
-        best = largest_fitting(spec, config.clip_model, width, height, config.cutn, budget, device, precision, lm,
-                               with_encoder=with_encoder)
-        shown = f"{best[0]}x{best[1]}" if best else "none"
-        console.print(f"Largest size that fits ({label}, cutn {config.cutn}): {shown}")
-    return chosen
+    largest: dict[bool, tuple[int, int] | None] = {}
+    if budget is not None:
+        for lm in (False, True):
+            largest[lm] = largest_fitting(spec, config.clip_model, width, height, config.cutn, budget, device,
+                                          precision, lm, with_encoder=with_encoder)
+    return DryRun(width, height, device, precision.describe(), normal, low, _low_memory(config, normal, budget),
+                  budget, largest)
 
 
 __all__ = ["Estimate", "Plan", "WontFit", "estimate", "plan_run", "dry_run", "memory_budget", "largest_fitting",
-           "release_unused", "release_device_cache", "count_saved", "fmt", "parse_bytes"]
+           "release_unused", "release_device_cache", "count_saved", "fmt", "parse_bytes", "DryRun"]

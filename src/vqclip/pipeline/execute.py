@@ -122,7 +122,7 @@ def png_bytes(image: Any, text: dict[str, str]) -> bytes:
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    from vqclip.video import to_uint8
+    from vqclip.pipeline.media import to_uint8
 
     info = PngInfo()
     for k, v in text.items():
@@ -174,7 +174,7 @@ def _free_after_oom(exc: BaseException, session: Any, device: Any) -> None:
     import gc
     import traceback
 
-    from vqclip import memory
+    from vqclip.pipeline import memory
 
     traceback.clear_frames(exc.__traceback__)  # the frames of the step: activations, cutouts, losses
     if session is not None:
@@ -212,7 +212,7 @@ def _oom_message(device: Any, width: int, height: int, cutn: int, low_memory: bo
 
 
 def _load_oom_message(device: Any, cfg: RunConfig, plan: Any) -> str:
-    from vqclip.memory import fmt
+    from vqclip.pipeline.memory import fmt
 
     budget = f", {fmt(plan.budget)} was free" if plan.budget is not None else ""
     return (f"the GPU ({device}) ran out of memory while loading {cfg.model} + {cfg.clip_model} and embedding "
@@ -238,7 +238,7 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
     device's cached memory goes back to the driver at the end, so runs in one process do not pile up."""
     import traceback
 
-    from vqclip import memory
+    from vqclip.pipeline import memory
 
     used: dict[str, Any] = {}
     try:
@@ -254,10 +254,11 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
 def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome:
     import torch
 
-    from vqclip import engine, memory
+    from vqclip import engine
+    from vqclip.pipeline import memory
     from vqclip.engine.precision import Precision, choose_precision
     from vqclip.prompts import floor_size
-    from vqclip.video import VideoWriter
+    from vqclip.pipeline.media import VideoWriter
     from vqclip.weights import resolve_model
 
     cfg = req.config
@@ -280,7 +281,7 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
     used["device"] = device
     start_image = req.start_image if req.start_image is not None else (init[0] if init else None)
     # Memory: refuse up front a run that will not fit (naming the largest size that would), and switch
-    # low-memory mode on when the estimate says so (vqclip.memory); per-module precision (engine.precision).
+    # low-memory mode on when the estimate says so (vqclip.pipeline.memory); per-module precision (engine.precision).
     precision = choose_precision(cfg.precision, device)
     if req.inherit_precision is not None and cfg.precision == "auto" and req.inherit_precision[0] == device.type:
         with contextlib.suppress(ValueError):

@@ -11,21 +11,32 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+from dataclasses import dataclass, field
+from typing import Any
 
 
-def run_selftest(keep: Path | None = None, steps: int = 6, device: str = "auto",
-                 console: Console | None = None) -> bool:
+@dataclass
+class SelftestReport:
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (check, passed, detail)
+    details: dict[str, Any] = field(default_factory=dict)  # the test run's details.json
+    versions: dict[str, str] = field(default_factory=dict)
+    build_s: float = 0.0
+    folder: Path | None = None  # the kept run folder (with --keep)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(ok for _, ok, _ in self.checks)
+
+
+def run_selftest(keep: Path | None = None, steps: int = 6, device: str = "auto") -> SelftestReport:
     import imageio.v2 as imageio
     import torch
     from PIL import Image
 
     from vqclip.config import build_config
-    from vqclip.pipeline import Reporter, RunRequest, execute, versions
-    from vqclip.tiny import make_tiny_clip, make_tiny_vqgan
+    from vqclip.pipeline.execute import Reporter, RunRequest, execute, versions
+    from vqclip.testing import make_tiny_clip, make_tiny_vqgan
 
-    console = console or Console()
     checks: list[tuple[str, bool, str]] = []
     with tempfile.TemporaryDirectory(prefix="vqclip-selftest-") as tmp:
         root = Path(tmp)
@@ -57,20 +68,4 @@ def run_selftest(keep: Path | None = None, steps: int = 6, device: str = "auto",
         checks.append(("losses finite", all(l == l and abs(l) < 1e9 for l in losses), f"{losses[0]:.4f} → {losses[-1]:.4f}"))
         per_step = details["timings"]["per_step_s"]
 
-    table = Table(title="vqclip selftest", show_header=True, header_style="bold")
-    table.add_column("check")
-    table.add_column("result")
-    table.add_column("detail")
-    for name, ok, detail in checks:
-        table.add_row(name, "[green]ok[/]" if ok else "[red]FAILED[/]", detail)
-    console.print(table)
-    v = versions()
-    console.print(f"device {details['device']} · torch {v['torch']} · open_clip {v['open_clip']} · "
-                  f"python {v['python']} · vqclip {v['vqclip']}")
-    console.print(f"tiny models built in {build_s:.2f} s · load {details['timings']['load_s']:.2f} s · "
-                  f"{per_step:.3f} s/step (64x64, cutn 8) · run {details['timings']['total_s']:.2f} s")
-    if keep:
-        console.print(f"run folder kept: {folder}")
-    ok = all(ok for _, ok, _ in checks)
-    console.print("[bold green]selftest passed[/]" if ok else "[bold red]selftest failed[/]")
-    return ok
+    return SelftestReport(checks, details, versions(), build_s, folder if keep else None)

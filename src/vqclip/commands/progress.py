@@ -1,4 +1,4 @@
-"""Rich progress and Ctrl-C handling for runs (the CLI side of the engine's callback)."""
+"""Rich progress, Ctrl-C/SIGTERM handling and the closing lines of runs (the CLI side of the engine's callback)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from vqclip.cli_common import err_console
-from vqclip.pipeline import Reporter
+import typer
+
+from vqclip.commands.common import err_console, out_console
+from vqclip.errors import Terminated
+from vqclip.pipeline.execute import Reporter
 
 
 class RichReporter(Reporter):
@@ -25,7 +28,9 @@ class RichReporter(Reporter):
         self._task: Any = None
 
     def note(self, message: str) -> None:
-        self.console.print(f"[dim]•[/] {message}", highlight=False)
+        from rich.text import Text
+
+        self.console.print(Text.assemble(("•", "dim"), " ", message), highlight=False)  # never read as markup
 
     def start(self, total: int, run_id: str) -> None:
         if self.quiet:
@@ -59,29 +64,58 @@ class RichReporter(Reporter):
 
 
 class StopOnInterrupt:
-    """First Ctrl-C: finish the current step, then save a partial run. Second Ctrl-C: abort at once.
+    """First Ctrl-C or SIGTERM: finish the current step, then save a partial run. A second one: abort at once
+    (KeyboardInterrupt, or Terminated for SIGTERM), saving nothing. `exit_code` is 130 after Ctrl-C, 143 after
+    SIGTERM.
 
-    Installed only while a run is going (no import-time signal handlers, STYLE 8)."""
+    Installed only while a run is going (no import-time signal handlers)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, console: Console | None = None) -> None:
         self.requested = False
+        self.signum: int | None = None
         self.console = console or err_console
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __call__(self) -> bool:
         return self.requested
 
+    @property
+    def exit_code(self) -> int:
+        return 143 if self.signum == signal.SIGTERM else 130
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         self.requested = True
-        self.console.print("\n[yellow]Stopping after this step and saving… (Ctrl-C again aborts without saving)[/]")
+        self.signum = signum
+        what = "Terminated" if signum == signal.SIGTERM else "Stopping"
+        self.console.print(f"\n[yellow]{what}: finishing this step and saving… (Ctrl-C again aborts without "
+                           "saving)[/]")
 
     def __enter__(self) -> StopOnInterrupt:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+
+def report_outcome(outcome: Any) -> None:
+    """The closing lines of a run: id, status, folder (stdout, so scripts can read them)."""
+    o = outcome
+    steps = f"{o.steps_done} step{'s' if o.steps_done != 1 else ''}"
+    out_console.print(f"Run {o.id} {o.status}: {steps} (total {o.global_step}) in "
+                      f"{o.details['timings']['total_s']:.1f} s", markup=False)
+    out_console.print(f"{o.path}{'/'}output.png", markup=False)
+
+
+def report_interrupted(stop: StopOnInterrupt, message: str) -> None:
+    """After a run saved as interrupted: say so, and exit 130 (Ctrl-C) or 143 (SIGTERM)."""
+    err_console.print(f"Interrupted: {message}", markup=False)
+    raise typer.Exit(stop.exit_code)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from vqclip.cli_common import CONTEXT, handle_errors, out_console
+from vqclip.commands.common import CONTEXT, handle_errors, out_console
 
 app = typer.Typer(help="gallery commands.", context_settings=CONTEXT, no_args_is_help=True, add_completion=False)
 

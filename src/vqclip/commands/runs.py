@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-from vqclip.cli_common import CONTEXT, err_console, handle_errors, out_console
+from vqclip.commands.common import CONTEXT, err_console, handle_errors, out_console
 from vqclip.runs import (BadRun, RunInfo, check_output_dir, find_run, lineage, remove_temp, scan_runs,
                          temp_folders)
 

@@ -1,4 +1,4 @@
-"""Continuing runs from disk, and chains of stages (`vqclip continue`, `vqclip generate … --then …`).
+"""Continuing a run from disk (`vqclip continue`; also every later stage of a chain).
 
 A child run starts from its parent's `state.pt` (z, MSE anchor, optimizer moments, RNG states, step counter),
 so `generate --steps N` then `continue --steps M` writes the same output.png bytes as `generate --steps N+M`
@@ -13,12 +13,6 @@ Starts, in order of preference (recorded in the child's details.json under `cont
   own size (then cropped/padded like a state); the optimizer and the random stream restart.
 - `stretch` (`--resize stretch`): output.png resized to the new size and re-encoded. This is also the only way to
   switch to a different VQGAN, whose latent space means nothing to the parent's latent.
-
-Chains: every stage is its own run folder (parent / root / stage in details.json). `run_stages` writes the
-combined video of the chain as `chain.mp4` in the **last stage's folder** and records it there in details.json
-(`files.chain_video`, `chain` = the stage ids). Each stage's own video already starts from its parent's last
-frame (a session's first frame is its starting latent), so the combined video drops that duplicate frame at each
-joint; stages of different sizes are centred on a black canvas of the largest width and height, unscaled.
 """
 
 from __future__ import annotations
@@ -27,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vqclip.config import RunConfig, _layer, default_values, load_config_file
+from vqclip.config import RunConfig, layered_values, load_config_file
 from vqclip.errors import UsageError, VqclipError
-from vqclip.pipeline import Reporter, RunOutcome, RunRequest
-from vqclip.runs import DETAILS, IMAGE, STATE, VIDEO, BadRun, RunInfo, atomic_write_json, read_details, temp_path
+from vqclip.pipeline.execute import Reporter, RunOutcome, RunRequest
+from vqclip.runs import DETAILS, IMAGE, STATE, BadRun, RunInfo
 
 RESIZE_MODES = ("crop", "pad", "stretch")
-CHAIN_VIDEO = "chain.mp4"
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -45,7 +38,7 @@ def inherit_config(parent: RunInfo, overrides: dict[str, Any] | None = None,
     older schema that were dropped)."""
     from pydantic import ValidationError
 
-    from vqclip.cli_common import format_validation_error
+    from vqclip.config import validation_lines
 
     where = parent.path / DETAILS
     base = parent.details.get("config")
@@ -59,19 +52,13 @@ def inherit_config(parent: RunInfo, overrides: dict[str, Any] | None = None,
         notes.append(f"ignored settings this version does not know in {where}: {', '.join(dropped)}")
     if isinstance(parent.details.get("seed"), int):
         known["seed"] = parent.details["seed"]  # the resolved seed (the config may say null = random)
-    merged: dict[str, Any] = {}
-    _layer(merged, default_values())
-    _layer(merged, known)
-    if config_file is not None:
-        _layer(merged, load_config_file(config_file))
-    if overrides:
-        _layer(merged, {k: v for k, v in overrides.items() if v is not None})
+    merged = layered_values(known, load_config_file(config_file) if config_file is not None else None, overrides)
     try:
         return RunConfig.model_validate(merged), notes
     except ValidationError as e:
         if overrides or config_file:
             raise
-        lines = "; ".join(format_validation_error(e))
+        lines = "; ".join(validation_lines(e))
         raise BadRun(f"{where} holds settings that are not valid ({lines}); fix that file or pass the "
                      "setting as a flag") from None
 
@@ -298,7 +285,7 @@ def continue_request(plan: Plan, *, output_dir: Path, weights_dir: Path | None =
     rep = reporter or Reporter()
     start_image = None
     if plan.start != "state":
-        from vqclip.pipeline import open_image
+        from vqclip.pipeline.execute import open_image
 
         start_image = open_image(str(plan.parent.image), "parent image")[0]
     details = {"continue": {"from": plan.parent.id, "from_step": plan.parent_step, "start": plan.start,
@@ -324,7 +311,7 @@ def continue_run(parent: RunInfo, overrides: dict[str, Any] | None = None, *, re
                  weights_dir: Path | None = None, download: bool = True, trusted: list[Path] | None = None,
                  should_stop: Any = None, reporter: Reporter | None = None) -> RunOutcome:
     """Plan, then run, one continue. The child goes to `output_dir`, by default beside its parent."""
-    from vqclip.pipeline import execute
+    from vqclip.pipeline.execute import execute
 
     rep = reporter or Reporter()
     plan = plan_continue(parent, overrides, resize=resize, config_file=config_file, weights_dir=weights_dir,
@@ -336,134 +323,3 @@ def continue_run(parent: RunInfo, overrides: dict[str, Any] | None = None, *, re
     return execute(req, rep)
 
 
-# ------------------------------------------------------------------------------------------------ chains
-
-
-def _frames(path: Path) -> Any:
-    import imageio.v2 as imageio
-    import numpy as np
-
-    reader = imageio.get_reader(str(path), format="FFMPEG")
-    try:
-        for frame in reader:
-            yield np.asarray(frame, dtype=np.uint8)
-    finally:
-        reader.close()
-
-
-def combine_videos(sources: list[Path], dest: Path, fps: int) -> Path | None:
-    """The chain's videos as one: the first frame of every later stage is dropped (it repeats the previous
-    stage's last frame); frames of other sizes are centred on a black canvas of the largest size."""
-    import imageio.v2 as imageio
-    import numpy as np
-
-    from vqclip.video import VideoWriter, concat_videos
-
-    sizes = []
-    for src in sources:
-        meta = imageio.get_reader(str(src), format="FFMPEG")
-        try:
-            sizes.append(tuple(meta.get_meta_data()["size"]))  # (w, h)
-        finally:
-            meta.close()
-    if len(set(sizes)) == 1 and len(sources) == 1:
-        return concat_videos(sources, dest, fps)
-    cw, ch = max(s[0] for s in sizes), max(s[1] for s in sizes)
-    cw, ch = cw - cw % 2, ch - ch % 2
-    writer = VideoWriter(dest, fps)
-    try:
-        for i, src in enumerate(sources):
-            for j, frame in enumerate(_frames(src)):
-                if i > 0 and j == 0:
-                    continue
-                h, w = frame.shape[:2]
-                if (w, h) != (cw, ch):
-                    canvas = np.zeros((ch, cw, 3), dtype=np.uint8)
-                    y, x = (ch - h) // 2, (cw - w) // 2
-                    canvas[y:y + h, x:x + w] = frame[:ch, :cw]
-                    frame = canvas
-                writer.append(frame)
-    except Exception as e:  # a broken stage video must not lose the runs themselves
-        writer.error = writer.error or f"{type(e).__name__}: {e}".splitlines()[0][:200]
-    return writer.close()
-
-
-def write_chain_video(outcomes: list[RunOutcome], fps: int) -> Path | None:
-    """Write `chain.mp4` into the last stage's folder and record it in that stage's details.json."""
-    sources = [o.path / VIDEO for o in outcomes if (o.path / VIDEO).is_file()]
-    if len(outcomes) < 2 or not sources:
-        return None
-    last = outcomes[-1].path
-    tmp = temp_path(last / CHAIN_VIDEO)
-    made = combine_videos(sources, tmp, fps)
-    if made is None:
-        return None
-    tmp.replace(last / CHAIN_VIDEO)
-    details = read_details(last)
-    details.setdefault("files", {})["chain_video"] = CHAIN_VIDEO
-    details["chain"] = [o.id for o in outcomes]
-    atomic_write_json(last / DETAILS, details)
-    return last / CHAIN_VIDEO
-
-
-def run_stages(cfg: RunConfig, then: list[str], stage_steps: int | None, *, output_dir: Path,
-               weights_dir: Path | None = None, download: bool = True, trusted: list[Path] | None = None,
-               quiet: bool = False) -> int:
-    """`generate PROMPT --then P2 --then P3 …`: stage 1 is the generate run (`--steps`), every later stage
-    continues the previous one with the next prompt (`--stage-steps`, default `--steps`). A story prompt
-    `"a ^ b ^ c"` is the same as `"a" --then "b" --then "c"`. Prints as it goes and returns the exit code (0, or
-    130 after Ctrl-C: the interrupted stage is saved, later stages are skipped)."""
-    from rich.markup import escape
-
-    from vqclip.cli import report_outcome
-    from vqclip.cli_common import err_console, out_console
-    from vqclip.cli_progress import RichReporter, StopOnInterrupt
-    from vqclip.memory import release_device_cache
-    from vqclip.pipeline import execute
-
-    from vqclip.prompts import PromptError, parse_story
-
-    if stage_steps is not None and stage_steps < 1:
-        raise UsageError("--stage-steps must be at least 1")
-    try:
-        story = parse_story(cfg.prompt) if cfg.prompt else [cfg.prompt]
-    except PromptError as e:
-        raise VqclipError(str(e)) from None
-    if len(story) > 1:
-        cfg = cfg.model_copy(update={"prompt": story[0]})
-        RunConfig.model_validate(cfg.model_dump())  # each stage's prompt must parse on its own
-    then = [*story[1:], *then]
-    total = 1 + len(then)
-    outcomes: list[RunOutcome] = []
-    with StopOnInterrupt() as stop:
-        for i in range(total):
-            label = f"stage {i + 1}/{total}"
-            rep = RichReporter(quiet=quiet, label=label)
-            err_console.print(f"[bold]{label}:[/] {escape(cfg.prompt if i == 0 else then[i - 1])}", highlight=False)
-            if i > 0:  # the previous stage's tensors are gone: hand its cached device memory back first
-                release_device_cache(outcomes[-1].details.get("device"))
-            if i == 0:
-                out = execute(RunRequest(config=cfg, output_dir=output_dir, weights_dir=weights_dir,
-                                         download=download, trusted=list(trusted or []), should_stop=stop), rep)
-            else:
-                prev = outcomes[-1]
-                overrides: dict[str, Any] = {"prompt": then[i - 1]}
-                if stage_steps is not None:
-                    overrides["steps"] = stage_steps
-                out = continue_run(RunInfo(prev.path, prev.details), overrides, output_dir=output_dir,
-                                   weights_dir=weights_dir, download=download, trusted=trusted,
-                                   should_stop=stop, reporter=rep)
-            outcomes.append(out)
-            report_outcome(out)
-            if out.status == "interrupted":
-                break
-    video = write_chain_video(outcomes, cfg.fps)
-    if video is not None:
-        out_console.print(f"Chain video ({len(outcomes)} stages): {video}")
-    if outcomes[-1].status == "interrupted":
-        skipped = total - len(outcomes)
-        later = f", {skipped} later stage(s) skipped" if skipped else ""
-        err_console.print(f"Interrupted: stage {len(outcomes)} was saved{later}; "
-                          f"`vqclip continue {outcomes[-1].id}` picks it up.")
-        return 130
-    return 0

@@ -14,7 +14,7 @@ import typer
 
 from vqclip import downloads
 from vqclip import weights as W
-from vqclip.cli_common import CONTEXT, err_console, handle_errors, out_console
+from vqclip.commands.common import CONTEXT, err_console, handle_errors, out_console
 from vqclip.errors import VqclipError
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""`vqclip continue RUN`: a new run folder that picks up where RUN stopped (logic in `vqclip.chain`)."""
+"""`vqclip continue RUN`: a new run folder that picks up where RUN stopped (logic in `vqclip.pipeline.resume`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from vqclip import cli_options as O
-from vqclip.cli_common import handle_errors
+from vqclip.commands import options as O
+from vqclip.commands.common import handle_errors
 
 RESIZE = typer.Option(
     None, "--resize", metavar="crop|pad|stretch",
@@ -73,10 +73,8 @@ def continue_run(
 
         vqclip continue 20261125T1016 --prompt "Backyard in autumn" --size 640x480
     """
-    from vqclip.chain import continue_run as run_continue
-    from vqclip.cli import report_outcome
-    from vqclip.cli_common import err_console
-    from vqclip.cli_progress import RichReporter, StopOnInterrupt
+    from vqclip.commands.progress import RichReporter, StopOnInterrupt, report_interrupted, report_outcome
+    from vqclip.pipeline.resume import continue_run as run_continue
     from vqclip.runs import find_run
 
     flags = O.overrides(
@@ -98,5 +96,4 @@ def continue_run(
                                trusted=list(trust_checkpoint or []), should_stop=stop, reporter=reporter)
     report_outcome(outcome)
     if outcome.status == "interrupted":
-        err_console.print("Interrupted: the partial run above was saved; `vqclip continue` picks it up.")
-        raise typer.Exit(130)
+        report_interrupted(stop, "the partial run above was saved; `vqclip continue` picks it up.")

@@ -1,0 +1,75 @@
+"""Shared CLI plumbing: one error style, exit codes, consoles. Imports nothing heavy."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from vqclip.errors import Terminated, VqclipError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+out_console = Console(highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print `Error: message` on one line to stderr (the message never read as Rich markup); return the Exit."""
+    from rich.text import Text
+
+    err_console.print(Text.assemble(("Error:", "bold red"), " ", message), highlight=False)
+    return typer.Exit(code)
+
+
+def _is_validation_error(exc: BaseException) -> bool:
+    pydantic = sys.modules.get("pydantic")
+    return pydantic is not None and isinstance(exc, pydantic.ValidationError)
+
+
+def handle_errors(func: F) -> F:
+    """Turn user errors into a one-line message + exit code; Ctrl-C into exit 130, SIGTERM into 143; an OSError
+    (a full disk, a folder that cannot be written) into one line naming the file. Never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except VqclipError as e:
+            raise fail(e.message, e.exit_code) from None
+        except Terminated:
+            err_console.print("Terminated.", markup=False)
+            raise typer.Exit(143) from None
+        except KeyboardInterrupt:
+            err_console.print("Interrupted.", markup=False)
+            raise typer.Exit(130) from None
+        except OSError as e:
+            raise fail(os_error_line(e)) from None
+        except Exception as e:
+            if not _is_validation_error(e):
+                raise
+            from vqclip.config import validation_lines
+
+            for line in validation_lines(e):
+                fail(line)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError the product did not expect: what failed, on which file, and the fix."""
+    import errno
+
+    where = f" ({exc.filename})" if exc.filename else ""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    fix = {errno.ENOSPC: "free some disk space and run it again",
+           errno.EDQUOT: "free some disk space and run it again",
+           errno.EACCES: "check the folder's permissions", errno.EPERM: "check the folder's permissions",
+           errno.EROFS: "choose a writable --output-dir"}.get(exc.errno or 0, "check the path and run it again")
+    return f"{reason}{where}; {fix}"

@@ -1,0 +1,43 @@
+"""`vqclip generate --dry-run`: the memory estimate as a table, and what would fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.table import Table
+
+from vqclip.commands.common import out_console
+
+ROWS = (("runtime (torch, libraries)", "runtime"), ("weights", "weights"),
+        ("decoder activations", "decoder_activations"), ("CLIP activations", "clip_activations"),
+        ("convolution workspace", "workspace"), ("image, cutouts, scratch", "scratch"),
+        ("peak while stepping", "step_phase"), ("peak while loading", "load_phase"), ("estimated peak", "total"))
+
+
+def show_estimate(config: Any, *, weights_dir: Optional[Path] = None) -> None:
+    from vqclip.pipeline.memory import dry_run, fmt
+
+    est = dry_run(config, weights_dir=weights_dir, on_note=lambda line: out_console.print(line, markup=False))
+    table = Table(title=f"Estimated peak memory: {est.width}x{est.height}, cutn {config.cutn}, {config.model} + "
+                        f"{config.clip_model} on {est.device} ({est.precision})", title_justify="left")
+    table.add_column("part")
+    table.add_column("normal", justify="right")
+    table.add_column("low-memory", justify="right")
+    for label, attr in ROWS:
+        if attr == "step_phase" and est.normal.slack:
+            table.add_row("workspaces, fragmentation (CUDA)", fmt(est.normal.slack), fmt(est.low.slack))
+        table.add_row(label, fmt(getattr(est.normal, attr)), fmt(getattr(est.low, attr)))
+    out_console.print(table)
+    mode = "low-memory" if est.low_memory else "normal"
+    if est.budget is None:
+        out_console.print(f"This run would use {mode} mode; available memory unknown.")
+        return
+    verdict = "fits" if est.chosen.total <= est.budget else "does NOT fit"
+    why = ("low-memory switched on automatically" if est.low_memory and config.low_memory is None
+           else "as asked" if config.low_memory is not None else "low-memory not needed")
+    out_console.print(f"Available on {est.device}: {fmt(est.budget)} → {mode} mode, {verdict} ({why}).")
+    for lm, label in ((False, "normal"), (True, "low-memory")):
+        best = est.largest.get(lm)
+        shown = f"{best[0]}x{best[1]}" if best else "none"
+        out_console.print(f"Largest size that fits ({label}, cutn {config.cutn}): {shown}")

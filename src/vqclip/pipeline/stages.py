@@ -1,0 +1,179 @@
+"""Chains of stages (`vqclip generate … --then …`, story prompts `a ^ b ^ c`) and their combined video.
+
+Every stage is its own run folder (parent / root / stage in details.json): stage 1 is a generate run, each later
+stage continues the previous one with the next prompt. `run_stages` writes the combined video of the chain as
+`chain.mp4` in the **last stage's folder** and records it there in details.json (`files.chain_video`, `chain` =
+the stage ids). Each stage's own video already starts from its parent's last frame (a session's first frame is
+its starting latent), so the combined video drops that duplicate frame at each joint; stages of different sizes
+are centred on a black canvas of the largest width and height, unscaled. Prints nothing: the caller gets a
+reporter per stage and the outcomes as they come.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from vqclip.config import RunConfig
+from vqclip.errors import UsageError, VqclipError
+from vqclip.pipeline.execute import Reporter, RunOutcome, RunRequest
+from vqclip.runs import DETAILS, VIDEO, RunInfo, atomic_write_json, read_details, temp_path
+
+CHAIN_VIDEO = "chain.mp4"
+
+def _frames(path: Path) -> Any:
+    import imageio.v2 as imageio
+    import numpy as np
+
+    reader = imageio.get_reader(str(path), format="FFMPEG")
+    try:
+        for frame in reader:
+            yield np.asarray(frame, dtype=np.uint8)
+    finally:
+        reader.close()
+
+
+def combine_videos(sources: list[Path], dest: Path, fps: int) -> Path | None:
+    """The chain's videos as one: the first frame of every later stage is dropped (it repeats the previous
+    stage's last frame); frames of other sizes are centred on a black canvas of the largest size."""
+    import imageio.v2 as imageio
+    import numpy as np
+
+    from vqclip.pipeline.media import VideoWriter, concat_videos
+
+    sizes = []
+    for src in sources:
+        meta = imageio.get_reader(str(src), format="FFMPEG")
+        try:
+            sizes.append(tuple(meta.get_meta_data()["size"]))  # (w, h)
+        finally:
+            meta.close()
+    if len(set(sizes)) == 1 and len(sources) == 1:
+        return concat_videos(sources, dest, fps)
+    cw, ch = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    cw, ch = cw - cw % 2, ch - ch % 2
+    writer = VideoWriter(dest, fps)
+    try:
+        for i, src in enumerate(sources):
+            for j, frame in enumerate(_frames(src)):
+                if i > 0 and j == 0:
+                    continue
+                h, w = frame.shape[:2]
+                if (w, h) != (cw, ch):
+                    canvas = np.zeros((ch, cw, 3), dtype=np.uint8)
+                    y, x = (ch - h) // 2, (cw - w) // 2
+                    canvas[y:y + h, x:x + w] = frame[:ch, :cw]
+                    frame = canvas
+                writer.append(frame)
+    except Exception as e:  # a broken stage video must not lose the runs themselves
+        writer.error = writer.error or f"{type(e).__name__}: {e}".splitlines()[0][:200]
+    return writer.close()
+
+
+def write_chain_video(outcomes: list[RunOutcome], fps: int) -> Path | None:
+    """Write `chain.mp4` into the last stage's folder and record it in that stage's details.json."""
+    sources = [o.path / VIDEO for o in outcomes if (o.path / VIDEO).is_file()]
+    if len(outcomes) < 2 or not sources:
+        return None
+    last = outcomes[-1].path
+    tmp = temp_path(last / CHAIN_VIDEO)
+    made = combine_videos(sources, tmp, fps)
+    if made is None:
+        return None
+    tmp.replace(last / CHAIN_VIDEO)
+    details = read_details(last)
+    details.setdefault("files", {})["chain_video"] = CHAIN_VIDEO
+    details["chain"] = [o.id for o in outcomes]
+    atomic_write_json(last / DETAILS, details)
+    return last / CHAIN_VIDEO
+
+
+
+@dataclass
+class StagePlan:
+    """The stages of a chain, every one validated before the first step runs."""
+
+    first: RunConfig
+    prompts: list[str]  # the prompts of stages 2…n
+    stage_steps: int | None
+
+    @property
+    def total(self) -> int:
+        return 1 + len(self.prompts)
+
+    def prompt(self, index: int) -> str:
+        return self.first.prompt if index == 0 else self.prompts[index - 1]
+
+
+@dataclass
+class StagesResult:
+    outcomes: list[RunOutcome]
+    total: int
+    video: Path | None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.outcomes[-1].status == "interrupted"
+
+
+def plan_stages(cfg: RunConfig, then: list[str], stage_steps: int | None) -> StagePlan:
+    """Split a story prompt, add the --then prompts, and validate every stage's settings up front: a bad third
+    prompt must fail before the first stage spends its steps."""
+    from pydantic import ValidationError
+
+    from vqclip.config import validation_lines
+    from vqclip.prompts import PromptError, parse_story
+
+    if stage_steps is not None and stage_steps < 1:
+        raise UsageError("--stage-steps must be at least 1")
+    try:
+        story = parse_story(cfg.prompt) if cfg.prompt else [cfg.prompt]
+    except PromptError as e:
+        raise VqclipError(str(e)) from None
+    if len(story) > 1:
+        cfg = cfg.model_copy(update={"prompt": story[0]})
+    prompts = [*story[1:], *then]
+    base = cfg.model_dump()
+    for index, prompt in enumerate([cfg.prompt, *prompts], start=1):
+        stage = {**base, "prompt": prompt}
+        if index > 1 and stage_steps is not None:
+            stage["steps"] = stage_steps
+        try:
+            RunConfig.model_validate(stage)
+        except ValidationError as e:
+            raise UsageError(f"stage {index} ({prompt!r}): {'; '.join(validation_lines(e))}") from None
+    return StagePlan(cfg, prompts, stage_steps)
+
+
+def run_stages(plan: StagePlan, *, output_dir: Path, weights_dir: Path | None = None, download: bool = True,
+               trusted: list[Path] | None = None, should_stop: Callable[[], bool] | None = None,
+               reporter_for: Callable[[int, int, str], Reporter] | None = None,
+               on_outcome: Callable[[RunOutcome], None] | None = None) -> StagesResult:
+    """Run the stages in order; stop after a stage that was interrupted (it is saved, later ones are skipped).
+    `reporter_for(index, total, prompt)` gives each stage its reporter; `on_outcome` hears of each saved stage."""
+    from vqclip.pipeline.memory import release_device_cache
+    from vqclip.pipeline.execute import execute
+    from vqclip.pipeline.resume import continue_run
+
+    outcomes: list[RunOutcome] = []
+    for i in range(plan.total):
+        rep = reporter_for(i, plan.total, plan.prompt(i)) if reporter_for else Reporter()
+        if i == 0:
+            out = execute(RunRequest(config=plan.first, output_dir=output_dir, weights_dir=weights_dir,
+                                     download=download, trusted=list(trusted or []), should_stop=should_stop), rep)
+        else:  # the previous stage's tensors are gone: hand its cached device memory back first
+            release_device_cache(outcomes[-1].details.get("device"))
+            prev = outcomes[-1]
+            overrides: dict[str, Any] = {"prompt": plan.prompts[i - 1]}
+            if plan.stage_steps is not None:
+                overrides["steps"] = plan.stage_steps
+            out = continue_run(RunInfo(prev.path, prev.details), overrides, output_dir=output_dir,
+                               weights_dir=weights_dir, download=download, trusted=trusted,
+                               should_stop=should_stop, reporter=rep)
+        outcomes.append(out)
+        if on_outcome is not None:
+            on_outcome(out)
+        if out.status == "interrupted":
+            break
+    return StagesResult(outcomes, plan.total, write_chain_video(outcomes, plan.first.fps))
