@@ -21,15 +21,15 @@ import re
 import secrets
 import shutil
 import socket
-import stat
 import string
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from vqclip.errors import VqclipError
+from vqclip.files import atomic_write_json, is_plain_file, path_problem, read_regular
 
 DETAILS = "details.json"
 IMAGE = "output.png"
@@ -39,7 +39,6 @@ SCHEMA = 1
 TMP_PREFIX = ".tmp-"  # a run being written: `<output>/.tmp-<id>/`
 OWNER = ".owner"  # inside a temp run folder: {"pid", "host"} of the writer, which holds a lock on it
 STALE_AFTER_S = 600.0  # a temp folder with no owner record counts as abandoned after this long without a write
-MAX_DETAILS_BYTES = 64 << 20
 
 _ALPHABET = string.ascii_letters + string.digits + "-_"
 RUN_ID_RE = re.compile(r"^\d{8}T\d{6}-[A-Za-z0-9_-]{8}$")
@@ -67,80 +66,6 @@ def is_run_id(text: str) -> bool:
     return bool(RUN_ID_RE.match(text))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode())
-
-
-def temp_path(path: Path) -> Path:
-    """A sibling name to write to before `os.replace(tmp, path)` (for writers that need a filename)."""
-    return path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# What is at a path, for messages that name the fix ("is a directory", not "not found")
-
-
-def path_problem(path: str | Path, want: str = "file") -> str | None:
-    """None when `path` is what is wanted (`"file"`: an existing regular file, links followed; `"folder"`: an
-    existing folder, or a missing one that could be created); otherwise a phrase such as "is a directory",
-    "is a FIFO, not a regular file", "does not exist", "is a file, not a folder"."""
-    path = Path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        if path.is_symlink():
-            return "is a broken symlink"
-        if want == "folder":
-            parent = path.parent
-            while parent != parent.parent and not parent.exists():
-                parent = parent.parent
-            if parent.exists() and not parent.is_dir():
-                return f"cannot be created: {parent} is a file, not a folder"
-            return None
-        return "does not exist"
-    except NotADirectoryError:
-        return "cannot exist: a folder in its path is a file" if want == "file" else \
-            "cannot be created: a folder in its path is a file, not a folder"
-    except PermissionError:
-        return "cannot be read (permission denied)"
-    except OSError as e:
-        return f"cannot be read ({e.strerror or type(e).__name__})"
-    if want == "folder":
-        if stat.S_ISDIR(st.st_mode):
-            return None
-        return "is a file, not a folder" if stat.S_ISREG(st.st_mode) else f"{_kind(st.st_mode)}, not a folder"
-    if stat.S_ISREG(st.st_mode):
-        return None
-    if stat.S_ISDIR(st.st_mode):
-        return "is a directory, not a file"
-    return f"{_kind(st.st_mode)}, not a regular file"
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "is a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "is a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "is a device"
-    if stat.S_ISDIR(mode):
-        return "is a directory"
-    return "is not a regular file"
-
-
 def check_output_dir(output_dir: str | Path) -> Path:
     """The output folder, or a one-line error when something other than a folder is in its place."""
     out = Path(output_dir)
@@ -148,43 +73,6 @@ def check_output_dir(output_dir: str | Path) -> Path:
     if problem:
         raise VqclipError(f"output folder {out} {problem}; pass --output-dir a folder")
     return out
-
-
-def read_regular(path: Path, limit: int = MAX_DETAILS_BYTES) -> bytes:
-    """The bytes of `path`, which must be a regular file and not a symlink (FIFOs are not waited on).
-    Raises FileNotFoundError, or OSError with a readable `strerror` ("is a symlink", "is a FIFO…")."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    if not hasattr(os, "O_NOFOLLOW") and path.is_symlink():
-        raise OSError(errno.ELOOP, "is a symlink (not followed)")
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        if e.errno == errno.ELOOP or (e.errno == errno.EMLINK and path.is_symlink()):  # EMLINK: FreeBSD
-            raise OSError(errno.ELOOP, "is a symlink (not followed)") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, _kind(st.st_mode) + ", not a regular file")
-        if st.st_size > limit:
-            raise OSError(errno.EFBIG, f"is too large ({st.st_size:,} bytes)")
-        chunks = []
-        while True:
-            block = os.read(fd, 1 << 20)
-            if not block:
-                break
-            chunks.append(block)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def is_plain_file(path: Path) -> bool:
-    """A regular file that is not a symlink (what run folders may hand out)."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 class RunFolder:

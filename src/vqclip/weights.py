@@ -31,7 +31,7 @@ from vqclip import downloads
 from vqclip.downloads import (DownloadError, download_file, fetch_to_part, human_size, looks_like_html,
                               part_path, sha256_file)
 from vqclip.errors import VqclipError, WeightsMissing
-from vqclip.runs import path_problem
+from vqclip.files import path_problem
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -136,7 +136,7 @@ def resolve_clip_name(name_or_path: str) -> str:
     """Model name for open_clip; a path to a model-config JSON is registered under its file stem."""
     import open_clip
 
-    from vqclip.runs import path_problem
+    from vqclip.files import path_problem
 
     p = Path(name_or_path)
     looks_like_path = any(c in name_or_path for c in "/\\") and (p.exists() or p.is_symlink())
@@ -165,7 +165,7 @@ def resolve_clip_name(name_or_path: str) -> str:
 def _pretrained_arg(name: str, pretrained: str | None) -> str | None:
     import open_clip
 
-    from vqclip.runs import path_problem
+    from vqclip.files import path_problem
 
     if pretrained is None or pretrained.strip().lower() in ("", "none", "random"):
         return None

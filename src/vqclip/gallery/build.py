@@ -31,8 +31,8 @@ from vqclip.errors import VqclipError
 from vqclip.gallery.cache import load_cache, save_cache, signature
 from vqclip.gallery.model import KNOWN_STATUSES, card_from_run, input_images, lineage_strips
 from vqclip.gallery.thumbs import THUMB_EXT, ThumbJob, make_thumbnails
-from vqclip.runs import (DETAILS, IMAGE, VIDEO, BadRun, RunInfo, atomic_write_bytes, path_problem, read_details,
-                         run_folders)
+from vqclip.runs import DETAILS, IMAGE, VIDEO, BadRun, RunInfo, read_details, run_folders
+from vqclip.files import atomic_write_bytes, path_problem
 
 GALLERY_DIR = ".gallery"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from vqclip.gallery.model import CARD_KEYS, CARD_VERSION
 from vqclip.gallery.thumbs import THUMB_VERSION
-from vqclip.runs import atomic_write_bytes
+from vqclip.files import atomic_write_bytes
 
 CACHE_FORMAT = 1
 

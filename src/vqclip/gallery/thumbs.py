@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from vqclip.runs import temp_path
+from vqclip.files import temp_path
 
 THUMB_SIZE = 512
 THUMB_EXT = ".jpg"

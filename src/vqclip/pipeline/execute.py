@@ -22,7 +22,8 @@ from typing import Any, Callable
 from vqclip import __version__
 from vqclip.config import RunConfig
 from vqclip.errors import VqclipError, one_line
-from vqclip.runs import DETAILS, IMAGE, STATE, VIDEO, RunFolder, now_iso, temp_path
+from vqclip.runs import DETAILS, IMAGE, STATE, VIDEO, RunFolder, now_iso
+from vqclip.files import temp_path
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 

@@ -66,6 +66,5 @@ def run_selftest(keep: Path | None = None, steps: int = 6, device: str = "auto")
         checks.append(("anim.mp4", frames == expected, f"{frames} frames"))
         losses = details["losses"]
         checks.append(("losses finite", all(l == l and abs(l) < 1e9 for l in losses), f"{losses[0]:.4f} → {losses[-1]:.4f}"))
-        per_step = details["timings"]["per_step_s"]
 
     return SelftestReport(checks, details, versions(), build_s, folder if keep else None)

@@ -18,7 +18,8 @@ from typing import Any, Callable
 from vqclip.config import RunConfig
 from vqclip.errors import UsageError, VqclipError
 from vqclip.pipeline.execute import Reporter, RunOutcome, RunRequest
-from vqclip.runs import DETAILS, VIDEO, RunInfo, atomic_write_json, read_details, temp_path
+from vqclip.runs import DETAILS, VIDEO, RunInfo, read_details
+from vqclip.files import atomic_write_json, temp_path
 
 CHAIN_VIDEO = "chain.mp4"
 
