@@ -5,6 +5,8 @@
     python scripts/bench.py engine --sizes 256 --steps 3 --modes classic,ours,ours-lowmem
     python scripts/bench.py fit             # estimated largest size for 8, 12 and 24 GiB GPUs (no GPU needed)
     python scripts/bench.py gallery --runs 2000
+    python scripts/bench.py cache           # pickle load vs the safetensors cache (a ~1 GB random checkpoint)
+    python scripts/bench.py startup         # `vqclip --help` and `--version`: median wall time of fresh processes
 
 Both sides build the real architectures with random weights (vqgan_imagenet_f16_16384's ddconfig from the
 packaged yaml, open_clip `ViT-B-32-quickgelu` with `pretrained=None`) and run `--warmup` + `--steps` optimiser
@@ -19,6 +21,10 @@ steps, each configuration in a fresh subprocess so that peak memory is the proce
   at once), `ours-notrim` (no heap trimming between phases), `ours-nothp` (no transparent huge pages, see
   `vqclip/hugepages.py`), `ours-compile` (`--compile`; the first step includes compiling).
 
+`startup` times whole `vqclip --help` and `vqclip --version` processes (the installed entry point), with the
+bytecode cached as in any install (in a temporary PYTHONPYCACHEPREFIX, after one untimed run), and also as the
+environment has it when that forbids writing bytecode (then every vqclip module is compiled at each start).
+
 Prints a Rich table with our/classic ratios and writes JSON to `bench-results/` (or `--out`).
 """
 
@@ -30,6 +36,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -103,32 +110,31 @@ def make_session(device: Any, width: int, height: int, cutn: int, *, precision: 
     unless given, and the frozen weights stored as planned (once per `models`). Returns
     (session, models, prompts, info); pass models and prompts back in for more sessions at other sizes."""
     from vqclip import engine
-    from vqclip.pipeline import memory
     from vqclip.config import build_config
     from vqclip.engine.precision import choose_precision
-    from vqclip.weights import packaged_yaml
+    from vqclip.pipeline import budget
+    from vqclip.pipeline.settings import settings_from_config
+    from vqclip.weights.registry import packaged_yaml
 
     low = True if mode == "ours-lowmem" else low_memory
     cfg = build_config(None, {"prompt": PROMPT, "width": width, "height": height, "cutn": cutn, "seed": 0,
                               "clip_pretrained": "none", "device": str(device), "precision": precision,
-                              "low_memory": low, "compile": mode == "ours-compile"})
+                              "low_memory": low, "compile": mode == "ours-compile", "save_every": 0})
     spec = engine.read_spec(packaged_yaml(MODEL))
     prec = choose_precision(cfg.precision, device)
     if mode == "ours-fp32w":  # ablation: frozen weights kept in fp32
         prec = dataclasses.replace(prec, weights=None)
-    plan = memory.plan_run(cfg, spec, width, height, device, prec)
+    plan = budget.plan_run(cfg, spec, width, height, device, prec)
     chunk = 0 if mode == "ours-nochunk" else plan.clip_chunk  # ablation: CLIP over all cutouts at once
-    settings = engine.LoopSettings(width=width, height=height, seed=0, cutn=cfg.cutn, cut_pow=cfg.cut_pow,
-                                   augment=cfg.augment, noise_fac=cfg.noise_fac, lr=cfg.lr, save_every=0,
-                                   autocast_dtype=prec.decoder, clip_autocast_dtype=prec.clip,
-                                   low_memory=plan.low_memory, clip_chunk=chunk, compile=cfg.compile)
+    settings = settings_from_config(cfg, autocast_dtype=prec.decoder, clip_autocast_dtype=prec.clip,
+                                    loss_scale=prec.loss_scale, low_memory=plan.low_memory, clip_chunk=chunk)
     if models is None:
         models = random_models(spec, device)
     if prompts is None:
         prompts = engine.build_prompts(models, settings, cfg.text_prompts, [], [])
     session = engine.start_session(models, settings, prompts)
     if not getattr(models, "bench_prepared", False):
-        memory.prepare_for_steps(models, plan)
+        budget.prepare_for_steps(models, plan)
         models.bench_prepared = True
     info = {"precision": prec.describe(), "precision_asked": precision, "low_memory": plan.low_memory,
             "clip_chunk": chunk, "estimate_mb": round(plan.estimate.total / 2**20, 1),
@@ -157,7 +163,7 @@ def _classic(args: argparse.Namespace, device: Any) -> tuple[list[float], dict[s
     from classic import ClassicRun
 
     from vqclip import engine
-    from vqclip.weights import packaged_yaml
+    from vqclip.weights.registry import packaged_yaml
 
     run = ClassicRun(engine.read_spec(packaged_yaml(MODEL)), CLIP, args.size, args.size, args.cutn, PROMPT,
                      device=str(device))
@@ -218,12 +224,12 @@ class Lab:
         import torch
 
         from vqclip import engine
-    from vqclip.pipeline import memory
         from vqclip.engine.precision import choose_precision
-        from vqclip.weights import packaged_yaml
+        from vqclip.pipeline import budget, memory
+        from vqclip.weights.registry import packaged_yaml
 
         self.dev, self.cutn, self.cuda, self.limit = device, cutn, device.type == "cuda", None
-        os.environ[memory.BUDGET_ENV] = "1TiB"  # measuring what fits: the planner must neither refuse nor switch
+        os.environ[budget.BUDGET_ENV] = "1TiB"  # measuring what fits: the planner must neither refuse nor switch
         s, self.models, self.prompts, _ = make_session(device, 64, 64, cutn, low_memory=False)
         s.run(1)  # cuBLAS/cuDNN handles and workspaces exist before any cap
         spec, prec = engine.read_spec(packaged_yaml(MODEL)), choose_precision("auto", device)
@@ -403,7 +409,7 @@ def bench_fit(args: argparse.Namespace, console: Any) -> dict[str, Any]:
     from vqclip import engine
     from vqclip.pipeline import memory
     from vqclip.engine.precision import Precision
-    from vqclip.weights import packaged_yaml
+    from vqclip.weights.registry import packaged_yaml
 
     spec = engine.read_spec(packaged_yaml(MODEL))
     bf16 = Precision(torch.bfloat16, torch.bfloat16, torch.bfloat16)
@@ -430,6 +436,70 @@ def bench_fit(args: argparse.Namespace, console: Any) -> dict[str, Any]:
 CUDA_CONTEXT = 600 * 2**20  # what the CUDA context and kernels take outside torch's allocator (typical)
 
 
+STARTUP_ARGS = (("--help",), ("--version",))
+STARTUP_TARGET_S = 0.3  # median wall time a user waits for `vqclip --help` / `--version`
+
+
+def _vqclip_command() -> list[str]:
+    """The installed `vqclip` entry point beside this interpreter (else on PATH, else `python -m vqclip`)."""
+    beside = Path(sys.executable).with_name("vqclip")
+    found = str(beside) if beside.is_file() else shutil.which("vqclip")
+    return [found] if found else [sys.executable, "-m", "vqclip"]
+
+
+def _time_process(cmd: list[str], env: dict[str, str], runs: int) -> tuple[list[float], list[float]]:
+    """(wall seconds, CPU seconds) of `runs` fresh processes; CPU time (user + system) is what a busy machine
+    distorts least."""
+    walls, cpus = [], []
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, env=env)
+        walls.append(time.perf_counter() - t)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.decode(errors='replace')[-300:]}")
+    return walls, cpus
+
+
+def bench_startup(args: argparse.Namespace, console: Any) -> dict[str, Any]:
+    """Median wall time of fresh `vqclip --help` and `vqclip --version` processes (`--startup-runs` each)."""
+    from rich.table import Table
+
+    exe = _vqclip_command()
+    load = [round(x, 2) for x in os.getloadavg()]
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        cached = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        cached["PYTHONPYCACHEPREFIX"] = cache
+        setups = [("bytecode cached", cached)]
+        if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+            setups.append(("no bytecode cache (PYTHONDONTWRITEBYTECODE)", dict(os.environ)))
+        for label, env in setups:
+            for extra in STARTUP_ARGS:
+                _time_process([*exe, *extra], env, 1)  # untimed: writes the bytecode cache, warms the disk cache
+                times, cpus = _time_process([*exe, *extra], env, args.startup_runs)
+                median = statistics.median(times)
+                rows.append({"command": " ".join(["vqclip", *extra]), "bytecode": label, "runs": len(times),
+                             "median_s": round(median, 3), "min_s": round(min(times), 3),
+                             "cpu_median_s": round(statistics.median(cpus), 3),
+                             "times_s": [round(x, 3) for x in times], "met": median <= STARTUP_TARGET_S})
+    load_end = [round(x, 2) for x in os.getloadavg()]
+    t = Table(title=f"vqclip start-up: wall time of a fresh process ({args.startup_runs} runs; load avg {load} → "
+                    f"{load_end})")
+    for col in ("command", "bytecode", "median s", "min s", "CPU median s"):
+        t.add_column(col, justify="right" if col.endswith(" s") else "left")
+    for r in rows:
+        colour = "green" if r["met"] else "red"
+        t.add_row(r["command"], r["bytecode"], f"[{colour}]{r['median_s']:.3f}[/]", f"{r['min_s']:.3f}",
+                  f"{r['cpu_median_s']:.3f}")
+    console.print(t)
+    console.print(f"target: median ≤ {STARTUP_TARGET_S} s; entry point: {' '.join(exe)}")
+    return {"rows": rows, "target_s": STARTUP_TARGET_S, "entry_point": exe, "loadavg_start": load,
+            "loadavg_end": load_end}
+
+
 def bench_gallery_section(args: argparse.Namespace, console: Any) -> dict[str, Any] | None:
     path = SCRIPTS / "bench_gallery.py"
     if not path.is_file():
@@ -445,10 +515,96 @@ def bench_gallery_section(args: argparse.Namespace, console: Any) -> dict[str, A
     return result
 
 
+# ------------------------------------------------------------------------------------ the safetensors cache
+
+
+def benchmark_cache(folder: str | Path, *, optimizer_states: bool = True, repeats: int = 3) -> dict[str, float]:
+    """Time a pickle load against the safetensors cache on a random checkpoint with vqgan_imagenet_f16_16384's
+    shapes (VQModel f16, 16384 codes, a loss discriminator and, like the real 980 MB file, Adam states).
+
+    Returns sizes (MB) and seconds: `pickle_s` (safe torch.load + filtering), `first_load_s` (pickle + writing
+    the cache), `cached_s` (all five prefixes from the cache), `cached_decoder_s` (what generate needs without
+    an init image). safetensors maps the file lazily, so the cached timings include copying every tensor into
+    fresh memory (as moving them to a GPU would). Best of `repeats`; files are in the page cache (warm).
+    """
+    import torch
+
+    from vqclip.testing import _lightning_callback_key, _save_with_fake_lightning
+    from vqclip.weights.checkpoint import VQGAN_KEYS, cache_path, load_checkpoint, load_vqgan_state, vqgan_tensors
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt = folder / "bench_f16_16384.ckpt"
+    cache_path(ckpt).unlink(missing_ok=True)
+    state = _f16_16384_random_state()
+    obj: dict[str, Any] = {"epoch": 1, "global_step": 1, "state_dict": state}
+    if optimizer_states:
+        gen = [v for k, v in state.items() if not k.startswith("loss.")]
+        obj["optimizer_states"] = [{"state": {i: {"exp_avg": torch.randn_like(p), "exp_avg_sq": torch.rand_like(p)}
+                                              for i, p in enumerate(gen)}}]
+    cb = _lightning_callback_key()
+    obj["callbacks"] = {cb: {"best_model_score": None}}
+    _save_with_fake_lightning(obj, ckpt, cb)
+    del obj, state
+    os.sync()  # let writeback of the fresh file finish before timing reads
+    out = {"ckpt_mb": ckpt.stat().st_size / 1e6}
+    out["pickle_s"] = _best(repeats, lambda: vqgan_tensors(load_checkpoint(ckpt), ckpt))
+    out["first_load_s"] = _best(repeats, lambda: load_vqgan_state(ckpt), before=cache_path(ckpt).unlink)
+    os.sync()
+    out["cache_mb"] = cache_path(ckpt).stat().st_size / 1e6
+    out["cached_s"] = _best(repeats, lambda: load_vqgan_state(ckpt))
+    out["cached_decoder_s"] = _best(repeats, lambda: load_vqgan_state(ckpt, keys=VQGAN_KEYS[:3]))
+    return out
+
+
+def _best(repeats: int, fn: Any, before: Any = None) -> float:
+    """Best of `repeats` timings; every tensor is touched, so lazily mapped tensors pay for their reads too."""
+    times = []
+    for _ in range(max(1, repeats)):
+        if before is not None:
+            before(missing_ok=True)
+        t = time.perf_counter()
+        for v in fn().values():
+            v.clone()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _f16_16384_random_state() -> dict[str, Any]:
+    """Random tensors with the real f16_16384 names and shapes (modules built on the meta device: no init cost)."""
+    import contextlib
+    import io
+
+    import torch
+    from taming.modules.diffusionmodules.model import Decoder, Encoder
+
+    dd = {"double_z": False, "z_channels": 256, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+          "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16], "dropout": 0.0}
+    with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()):
+        parts = {"encoder": Encoder(**dd), "decoder": Decoder(**dd), "quant_conv": torch.nn.Conv2d(256, 256, 1),
+                 "post_quant_conv": torch.nn.Conv2d(256, 256, 1)}
+        disc = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 4), torch.nn.Conv2d(64, 128, 4),
+                                   torch.nn.Conv2d(128, 256, 4), torch.nn.Conv2d(256, 1, 4))
+    shapes = {f"{p}.{k}": v.shape for p, m in parts.items() for k, v in m.state_dict().items()}
+    shapes["quantize.embedding.weight"] = torch.Size([16384, 256])
+    shapes |= {f"loss.discriminator.main.{k}": v.shape for k, v in disc.state_dict().items()}
+    return {k: torch.randn(s) for k, s in shapes.items()}
+
+
+def bench_cache_section(console: Any) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        result = benchmark_cache(tmp)
+    console.print(f"safetensors cache: {result['ckpt_mb']:.0f} MB checkpoint, pickle {result['pickle_s']:.2f} s, "
+                  f"first load + cache {result['first_load_s']:.2f} s, cached {result['cached_s']:.2f} s, "
+                  f"cached decoder only {result['cached_decoder_s']:.2f} s")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", nargs="?", default="all", choices=("engine", "fit", "gallery", "all", "_worker"))
+    ap.add_argument("section", nargs="?", default="all", choices=("engine", "fit", "gallery", "cache", "startup",
+                                                                "all", "_worker"))
     ap.add_argument("--sizes", default="256,384", help="square sizes, comma-separated (default 256,384)")
     ap.add_argument("--cutn", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per run (default 3)")
@@ -460,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="--precision of the ours* modes (classic is fp32 always)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--runs", type=int, default=2000, help="gallery: synthetic runs")
+    ap.add_argument("--startup-runs", type=int, default=7, help="startup: timed processes per command (default 7)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench-results/bench-<time>.json)")
     ap.add_argument("--mode", default="ours", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=256, help=argparse.SUPPRESS)
@@ -479,6 +636,10 @@ def main(argv: list[str] | None = None) -> int:
         data["fit"] = bench_fit(args, console)
     if args.section in ("gallery", "all"):
         data["gallery"] = bench_gallery_section(args, console)
+    if args.section in ("startup", "all"):
+        data["startup"] = bench_startup(args, console)
+    if args.section == "cache":  # not part of "all": it writes a ~1 GB checkpoint
+        data["cache"] = bench_cache_section(console)
     out = args.out or ROOT / "bench-results" / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2))

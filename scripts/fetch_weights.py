@@ -5,7 +5,7 @@
     python scripts/fetch_weights.py --all --weights-dir /data/vqgan
     python scripts/fetch_weights.py clip:ViT-B-32/openai
 
-Names, mirrors, sizes and sha256 values come from `vqclip.weights.WEIGHTS`; see `vqclip weights list`.
+Names, mirrors, sizes and sha256 values come from `vqclip.weights.registry.WEIGHTS`; see `vqclip weights list`.
 """
 
 from __future__ import annotations

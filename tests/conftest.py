@@ -1,4 +1,5 @@
-"""Shared fixtures: a redirected user dir (STYLE 7) and tiny random models in the real file formats (STYLE 11)."""
+"""Shared fixtures: a redirected user dir (no test reads or writes the real cache) and tiny random models in the
+real file formats (the real loading code runs, with no download)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Table-driven tests of RunConfig, the packaged defaults, the presets and the layering (STYLE 5, 10)."""
+"""Table-driven tests (one row per case) of RunConfig, the packaged defaults, the presets and the layering."""
 
 from __future__ import annotations
 
@@ -40,10 +40,10 @@ def test_defaults_validate_with_a_prompt() -> None:
 
 
 def test_defaults_file_matches_field_defaults() -> None:
+    """defaults.yaml (what users read) and RunConfig's field defaults agree key for key: neither may drift."""
     values = default_values()
     fields = RunConfig.model_fields
-    assert set(values) <= set(fields), set(values) - set(fields)
-    assert set(fields) - set(values) <= {"prompt"}
+    assert set(values) == set(fields), (set(values) ^ set(fields))
     for name, value in values.items():
         assert value == fields[name].get_default(call_default_factory=True), name
 
@@ -56,9 +56,13 @@ def test_default_values_is_a_fresh_copy() -> None:
 
 
 def test_every_field_has_a_description() -> None:
+    """One help text per field, in vqclip.knobs: RunConfig's descriptions and the CLI's --help both read it."""
+    from vqclip.knobs import HELP
+
+    assert set(HELP) == set(RunConfig.model_fields), set(HELP) ^ set(RunConfig.model_fields)
     for name, field in RunConfig.model_fields.items():
         assert field.description, name
-        assert field_help(name) == field.description
+        assert field_help(name) == field.description == HELP[name]
 
 
 def test_field_help_unknown() -> None:

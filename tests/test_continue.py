@@ -17,7 +17,8 @@ from vqclip.commands import progress as cli_progress
 from vqclip.pipeline.resume import fit_grid, grid_change
 from vqclip.cli import app
 from vqclip.errors import UsageError
-from vqclip.runs import RunInfo, find_run, read_details
+from vqclip.record import read_record
+from vqclip.runs import RunInfo, find_run
 
 runner = CliRunner()
 
@@ -104,7 +105,7 @@ def test_interrupted_parent_finishes_exactly_and_the_video_continues(base):
     parent = execute(RunRequest(config=cfg, output_dir=out, should_stop=lambda: next(calls) >= 3))
     assert parent.status == "interrupted" and parent.steps_done == 3
     rep = Frames()
-    child = continue_run(RunInfo(parent.path, parent.details), {}, reporter=rep)
+    child = continue_run(RunInfo.of(parent.path, parent.record), {}, reporter=rep)
     assert any("interrupted after 3 of 4 steps" in n for n in rep.notes)
     assert child.status == "finished" and child.steps_done == 1 and child.global_step == 4
     assert child.path.parent == out  # beside its parent
@@ -137,6 +138,7 @@ def test_new_size_crops_and_pads_tokens_from_the_seed(base):
     from vqclip import engine
     from vqclip.pipeline.resume import make_prepare, plan_continue
     from vqclip.pipeline.execute import Reporter
+    from vqclip.pipeline.settings import settings_from_config
 
     t, parent = base["t"], find_run(str(base["parent"]), base["out"])
     plan = plan_continue(parent, {"width": 40, "height": 24})
@@ -144,7 +146,7 @@ def test_new_size_crops_and_pads_tokens_from_the_seed(base):
     assert state["optimizer_state"] is not None
     models = engine.load_models(t["vqgan_yaml"], t["vqgan_ckpt"], str(t["clip_json"]), str(t["clip_ckpt"]),
                                 torch.device("cpu"))
-    settings = engine.LoopSettings(width=40, height=24, seed=11)
+    settings = settings_from_config(plan.config, width=40, height=24, seed=11)
     notes = []
     rep = Reporter()
     rep.note = notes.append  # type: ignore[method-assign]
@@ -159,7 +161,6 @@ def test_new_size_crops_and_pads_tokens_from_the_seed(base):
 
 
 def test_continue_at_a_new_size_says_the_optimizer_restarts(base):
-    out = base["out"]
     r = invoke("continue", str(base["parent"]), "--size", "40x24", "--steps", "1", "-q", "-p", "a green apple")
     assert r.exit_code == 0, r.output
     assert "optimizer restarts" in r.output
@@ -275,7 +276,7 @@ def test_interrupted_chain_stops_and_exits_130(tiny_models, tmp_path, monkeypatc
     r = invoke("generate", "spring", "--then", "summer", *tiny(tiny_models, out, "--steps", "2", "-q"))
     assert r.exit_code == 130, r.output
     [run] = list(out.iterdir())
-    assert read_details(run)["status"] == "interrupted" and "1 later stage(s) skipped" in r.output
+    assert read_record(run).status == "interrupted" and "1 later stage(s) skipped" in r.output
 
 
 def test_combined_video_of_stages_of_different_sizes(tmp_path):

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from vqclip import engine
-from vqclip.pipeline import memory, execute as pipeline
+from vqclip.pipeline import budget, memory, execute as pipeline
 from vqclip.cli import app
 from vqclip.config import build_config
 from vqclip.engine import loop
@@ -59,7 +59,7 @@ class Notes(pipeline.Reporter):
 
 @pytest.fixture
 def no_budget_env(monkeypatch):
-    monkeypatch.delenv(memory.BUDGET_ENV, raising=False)
+    monkeypatch.delenv(budget.BUDGET_ENV, raising=False)
 
 
 # ------------------------------------------------------------------------------------------------ budget
@@ -75,14 +75,14 @@ def test_cuda_budget_is_free_plus_the_allocators_cache(monkeypatch, no_budget_en
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (seen.append(d), (free, 80 * GiB))[1])
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d=None: reserved)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: allocated)
-    assert memory.memory_budget("cuda:0") == expected
+    assert budget.memory_budget("cuda:0") == expected
     assert seen == [torch.device("cuda:0")]
 
 
 def test_budget_env_wins_over_the_device(monkeypatch):
-    monkeypatch.setenv(memory.BUDGET_ENV, "3GiB")
+    monkeypatch.setenv(budget.BUDGET_ENV, "3GiB")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: pytest.fail("the env budget comes first"))
-    assert memory.memory_budget("cuda") == 3 * GiB
+    assert budget.memory_budget("cuda") == 3 * GiB
 
 
 @pytest.mark.parametrize("recommended, allocated, expected", [
@@ -99,7 +99,7 @@ def test_mps_budget_is_the_recommended_working_set(monkeypatch, no_budget_env, r
         monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: recommended)
         monkeypatch.setattr(torch.mps, "current_allocated_memory", lambda: allocated)
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=5 * GiB))
-    assert memory.memory_budget("mps") == expected
+    assert budget.memory_budget("mps") == expected
 
 
 # ---------------------------------------------------------------------------------------------- estimate
@@ -128,10 +128,10 @@ def test_cuda_plan_refuses_what_the_headroom_pushes_past_the_budget(tiny_models,
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d=None: 0)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: 0)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (est.total, 80 * GiB))
-    assert memory.plan_run(cfg, spec, 32, 32, torch.device("cuda"), None).low_memory
+    assert budget.plan_run(cfg, spec, 32, 32, torch.device("cuda"), None).low_memory
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (est.total - memory.CUDA_LIBRARIES // 2, 80 * GiB))
-    with pytest.raises(memory.WontFit, match="cuda has"):
-        memory.plan_run(cfg, spec, 32, 32, torch.device("cuda"), None)
+    with pytest.raises(budget.WontFit, match="cuda has"):
+        budget.plan_run(cfg, spec, 32, 32, torch.device("cuda"), None)
 
 
 # ----------------------------------------------------------------------------------------- device cache
@@ -148,19 +148,19 @@ def test_release_device_cache(monkeypatch, device, cuda_calls, mps_calls, collec
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.__setitem__("cuda", calls["cuda"] + 1))
     monkeypatch.setattr(torch.mps, "empty_cache", lambda: calls.__setitem__("mps", calls["mps"] + 1))
     monkeypatch.setattr(gc, "collect", lambda *a: (calls.__setitem__("gc", calls["gc"] + 1), real_collect())[1])
-    memory.release_device_cache(device)
+    budget.release_device_cache(device)
     assert calls == {"cuda": cuda_calls, "mps": mps_calls, "gc": collects}
 
 
 def test_release_device_cache_on_mps_without_empty_cache(monkeypatch):
     monkeypatch.delattr(torch.mps, "empty_cache", raising=False)
-    memory.release_device_cache("mps")  # older torch: nothing to call, no error
+    budget.release_device_cache("mps")  # older torch: nothing to call, no error
 
 
 @pytest.fixture
 def released(monkeypatch) -> list:
     seen: list = []
-    monkeypatch.setattr(memory, "release_device_cache", lambda device: seen.append(str(device)))
+    monkeypatch.setattr(budget, "release_device_cache", lambda device: seen.append(str(device)))
     return seen
 
 
@@ -192,7 +192,7 @@ def test_device_cache_is_released_between_chain_stages(tiny_models, tmp_path, re
         return real_execute(req, rep)
 
     monkeypatch.setattr(pipeline, "execute", execute)
-    monkeypatch.setattr(memory, "release_device_cache", lambda device: (released.append(str(device)),
+    monkeypatch.setattr(budget, "release_device_cache", lambda device: (released.append(str(device)),
                                                                         order.append("release")))
     assert chain.continue_run  # the chain's later stages go through continue_run → pipeline.execute
     r = runner.invoke(app, ["generate", "spring ^ summer ^ autumn", *tiny_args(tiny_models, tmp_path / "out")])

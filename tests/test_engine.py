@@ -13,10 +13,12 @@ from PIL import Image
 from vqclip.engine import build_prompts, generate, load_models, pick_device
 from vqclip.engine.cutouts import Cutouts, homography
 from vqclip.engine.losses import Prompt, init_weight_at, spherical_dist, tv_loss
+from vqclip.config import RunConfig, build_config
 from vqclip.engine.loop import LoopSettings
 from vqclip.engine.ops import clamp_with_grad
 from vqclip.engine.vqgan import load_vqgan, nearest_codes
 from vqclip.errors import VqclipError
+from vqclip.pipeline.settings import DERIVED, KNOBS, settings_from_config
 
 CPU = torch.device("cpu")
 NO_STOP = float("-inf")
@@ -26,6 +28,12 @@ NO_STOP = float("-inf")
 def models(tiny_models):
     return load_models(tiny_models["vqgan_yaml"], tiny_models["vqgan_ckpt"], str(tiny_models["clip_json"]),
                        str(tiny_models["clip_ckpt"]), CPU, with_encoder=True)
+
+
+def loop_settings(width: int, height: int, seed: int, **knobs: object) -> LoopSettings:
+    """The loop's settings for a tiny run: the packaged defaults, no progress frames, `knobs` on top."""
+    cfg = build_config(None, {"prompt": "x", "save_every": 0, **knobs})
+    return settings_from_config(cfg, width=width, height=height, seed=seed)
 
 
 def noise_image(seed: int = 0, size: int = 64) -> Image.Image:
@@ -123,7 +131,7 @@ def test_tv_loss_zero_on_flat_image():
 
 
 def test_loss_falls_toward_an_image_prompt(models):
-    s = LoopSettings(width=64, height=64, seed=1, cutn=8, augment=False, noise_fac=0.0, lr=0.1)
+    s = loop_settings(width=64, height=64, seed=1, cutn=8, augment=False, noise_fac=0.0, lr=0.1)
     prompts = build_prompts(models, s, [], [(noise_image(0), NS(weight=1.0, stop=NO_STOP))], [])
     result, _ = generate(models, s, prompts, 12)
     first, last = np.mean(result.losses[:3]), np.mean(result.losses[-3:])
@@ -141,7 +149,7 @@ def _full_image_distance(models, image, target):
 
 def test_negative_prompt_moves_away(models):
     target_img = noise_image(5)
-    s = LoopSettings(width=64, height=64, seed=2, cutn=8, augment=False, noise_fac=0.0, lr=0.2)
+    s = loop_settings(width=64, height=64, seed=2, cutn=8, augment=False, noise_fac=0.0, lr=0.2)
     pos = build_prompts(models, s, [], [(target_img, NS(weight=1.0, stop=NO_STOP))], [])
     neg = build_prompts(models, s, [], [(target_img, NS(weight=-1.0, stop=NO_STOP))], [])
     target = pos[0].embeds.mean(0, keepdim=True)
@@ -153,7 +161,7 @@ def test_negative_prompt_moves_away(models):
 
 
 def test_text_and_noise_prompts_embed_once(models):
-    s = LoopSettings(width=32, height=32, seed=0, cutn=4)
+    s = loop_settings(width=32, height=32, seed=0, cutn=4)
     prompts = build_prompts(models, s, [NS(text="a cat", weight=2.0, stop=NO_STOP)], [],
                             [NS(seed=7, weight=0.5)])
     assert [p.weight for p in prompts] == [2.0, 0.5]
@@ -162,7 +170,7 @@ def test_text_and_noise_prompts_embed_once(models):
 
 
 def test_state_round_trip_continues_exactly(models):
-    s = LoopSettings(width=32, height=32, seed=4, cutn=4)
+    s = loop_settings(width=32, height=32, seed=4, cutn=4)
     prompts = build_prompts(models, s, [NS(text="a dog", weight=1.0, stop=NO_STOP)], [], [])
     full, _ = generate(models, s, prompts, 6)
     first, session = generate(models, s, prompts, 3)
@@ -173,7 +181,7 @@ def test_state_round_trip_continues_exactly(models):
 
 
 def test_should_stop_ends_between_steps(models):
-    s = LoopSettings(width=32, height=32, seed=0, cutn=4)
+    s = loop_settings(width=32, height=32, seed=0, cutn=4)
     prompts = build_prompts(models, s, [NS(text="x", weight=1.0, stop=NO_STOP)], [], [])
     seen = []
     result, _ = generate(models, s, prompts, 50, callback=lambda i: seen.append(i.step),
@@ -187,3 +195,35 @@ def test_pick_device():
     if not torch.cuda.is_available():
         with pytest.raises(VqclipError, match="no CUDA GPU"):
             pick_device("cuda")
+
+
+# --- LoopSettings come from RunConfig by field name ----------------------------------------------------------
+
+
+def test_loop_settings_knobs_are_config_fields_without_engine_defaults():
+    """A knob's default lives with RunConfig (and defaults.yaml) only: the engine declares the name, not a value."""
+    from dataclasses import MISSING, fields
+
+    by_name = {f.name: f for f in fields(LoopSettings)}
+    assert set(KNOBS) <= set(RunConfig.model_fields), set(KNOBS) - set(RunConfig.model_fields)
+    assert all(by_name[name].default is MISSING and by_name[name].default_factory is MISSING for name in KNOBS)
+    assert {"width", "height", "seed"} | set(KNOBS) | DERIVED == set(by_name)
+    assert DERIVED == {"autocast_dtype", "clip_autocast_dtype", "loss_scale", "low_memory", "clip_chunk"}
+
+
+def test_settings_from_config_copies_every_knob_and_takes_the_derived_ones_from_the_caller():
+    cfg = build_config(None, {"prompt": "x", "cutn": 7, "lr": 0.3, "optimizer": "sgd", "tv_weight": 0.2,
+                              "compile": True, "low_memory": None, "seed": 9, "size": "64x48"})
+    s = settings_from_config(cfg)
+    assert {name: getattr(s, name) for name in KNOBS} == {name: getattr(cfg, name) for name in KNOBS}
+    assert (s.width, s.height, s.seed, s.low_memory, s.clip_chunk, s.loss_scale) == (64, 48, 9, False, 0, 1.0)
+    s = settings_from_config(cfg, width=32, height=16, seed=3, low_memory=True, clip_chunk=4,
+                             autocast_dtype=torch.bfloat16, loss_scale=8.0)
+    assert (s.width, s.height, s.seed, s.low_memory, s.clip_chunk, s.autocast_dtype, s.loss_scale) == \
+        (32, 16, 3, True, 4, torch.bfloat16, 8.0)
+    with pytest.raises(TypeError, match="come from the RunConfig"):
+        settings_from_config(cfg, cutn=3)
+    with pytest.raises(TypeError, match="no setting 'nope'"):
+        settings_from_config(cfg, nope=1)
+    with pytest.raises(ValueError, match="no seed"):
+        settings_from_config(cfg.model_copy(update={"seed": None}))

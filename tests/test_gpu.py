@@ -132,12 +132,13 @@ def test_out_of_memory_mid_run_leaves_a_failed_run_folder(tiny_models, tmp_path)
     from vqclip.engine import loop
     from vqclip.errors import VqclipError
     from vqclip.pipeline.execute import RunRequest, execute
+    from vqclip.pipeline.settings import settings_from_config
 
     t, size, dev = tiny_models, 256, torch.device("cuda")  # the tiny decoder attends over all 128² tokens: GiBs
     cfg = tiny_config(t, width=size, height=size, steps=4, save_every=0, device="cuda", low_memory=False)
     # calibrate on the same models and settings: the extra memory of one step and of one no-grad decode
     models = engine.load_models(t["vqgan_yaml"], t["vqgan_ckpt"], str(t["clip_json"]), str(t["clip_ckpt"]), dev)
-    settings = engine.LoopSettings(width=size, height=size, seed=11, cutn=4)
+    settings = settings_from_config(cfg)  # the config's size, seed 11, cutn 4, fp32, no frames
     session = engine.start_session(models, settings, engine.build_prompts(models, settings, cfg.text_prompts, [], []))
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()

@@ -266,7 +266,7 @@ def dead_pid() -> int:
 
 
 def clean_mixed(out: Path, tmp: Path) -> list[str]:
-    from vqclip.runs import _claim
+    from vqclip.tempruns import claim
 
     write_run(out, 1)
     for i in (5, 6, 7, 8):
@@ -277,7 +277,7 @@ def clean_mixed(out: Path, tmp: Path) -> list[str]:
     os.symlink(outside, out / tmp_name(5) / "link")  # rmtree must not follow it
     old(out / tmp_name(5))  # abandoned long ago, no owner record
     (out / tmp_name(6) / ".owner").write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname()}))
-    HELD.append(_claim(out / tmp_name(7)))  # a live writer (this test process) holds the lock
+    HELD.append(claim(out / tmp_name(7)))  # a live writer (this test process) holds the lock
     old(out / tmp_name(7))  # … on a run that has been going for an hour
     os.symlink(outside, out / ".tmp-20990101T000000-linkedxx")  # not a folder: never touched
     return ["runs", "clean", "-o", str(out)]
@@ -296,14 +296,14 @@ def clean_nothing(out: Path, tmp: Path) -> list[str]:
 
 def generate_leaves_no_owner(out: Path, tmp: Path) -> list[str]:
     """A committed run folder carries no `.owner`; a discarded one leaves nothing (RunFolder in-process)."""
+    from vqclip.record import RunRecord
     from vqclip.runs import RunFolder
+    from vqclip.tempruns import temp_status
 
     rf = RunFolder(out).create()
     assert (rf.path / ".owner").is_file()
-    from vqclip.runs import temp_status
-
     assert not temp_status(rf.path).stale  # held by this process
-    rf.write_details(details(1))
+    rf.write_record(RunRecord.model_validate(details(1)))
     final = rf.commit()
     assert not (final / ".owner").exists()
     RunFolder(out).create().discard()

@@ -9,6 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from vqclip import engine
 from vqclip.config import build_config
+from vqclip.pipeline.settings import DERIVED, settings_from_config
 from vqclip.engine import loop
 from vqclip.engine.cutouts import Cutouts, sample_border
 
@@ -16,8 +17,9 @@ from vqclip.engine.cutouts import Cutouts, sample_border
 def session(t: dict, state: dict | None = None, **settings: object) -> engine.Session:
     models = engine.load_models(t["vqgan_yaml"], t["vqgan_ckpt"], str(t["clip_json"]), str(t["clip_ckpt"]),
                                 torch.device("cpu"))
-    s = engine.LoopSettings(width=32, height=32, seed=5, cutn=4, **settings)  # type: ignore[arg-type]
-    cfg = build_config(None, {"prompt": "a red apple:1 | a green leaf:-0.5"})
+    derived = {name: settings.pop(name) for name in list(settings) if name in DERIVED}
+    cfg = build_config(None, {"prompt": "a red apple:1 | a green leaf:-0.5", "cutn": 4, "save_every": 0, **settings})
+    s = settings_from_config(cfg, width=32, height=32, seed=5, **derived)  # type: ignore[arg-type]
     prompts = engine.build_prompts(models, s, cfg.text_prompts, [], [])
     return engine.start_session(models, s, prompts, state=state)
 

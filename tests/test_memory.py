@@ -14,13 +14,14 @@ import torch
 from typer.testing import CliRunner
 
 from vqclip import engine
-from vqclip.pipeline import memory
+from vqclip.pipeline import budget, memory
 from vqclip.cli import app
 from vqclip.config import build_config
+from vqclip.pipeline.settings import DERIVED, settings_from_config
 from vqclip.engine import loop
 from vqclip.engine.heap import trim_heap
-from vqclip.engine.precision import Precision, choose_precision
-from vqclip.weights import packaged_yaml
+from vqclip.engine.precision import choose_precision
+from vqclip.weights.registry import packaged_yaml
 
 runner = CliRunner()
 
@@ -34,8 +35,9 @@ def tiny_args(t: dict, out: Path, *extra: str) -> list[str]:
 def tiny_session(t: dict, **settings: object) -> engine.Session:
     models = engine.load_models(t["vqgan_yaml"], t["vqgan_ckpt"], str(t["clip_json"]), str(t["clip_ckpt"]),
                                 torch.device("cpu"))
-    s = engine.LoopSettings(width=32, height=32, seed=3, cutn=4, **settings)  # type: ignore[arg-type]
-    cfg = build_config(None, {"prompt": "a red apple:1 | a green leaf:-0.5"})
+    derived = {name: settings.pop(name) for name in list(settings) if name in DERIVED}
+    cfg = build_config(None, {"prompt": "a red apple:1 | a green leaf:-0.5", "cutn": 4, "save_every": 0, **settings})
+    s = settings_from_config(cfg, width=32, height=32, seed=3, **derived)  # type: ignore[arg-type]
     prompts = engine.build_prompts(models, s, cfg.text_prompts, [], [])
     return engine.start_session(models, s, prompts)
 
@@ -99,7 +101,7 @@ def test_run_that_cannot_fit_is_refused_up_front(tiny_models, tmp_path, monkeypa
     clip = str(tiny_models["clip_json"])
     small = memory.estimate(spec, clip, 64, 64, 4, "cpu", choose_precision("auto", torch.device("cpu")),
                             low_memory=True)
-    monkeypatch.setenv(memory.BUDGET_ENV, str(small.total + 2**20))
+    monkeypatch.setenv(budget.BUDGET_ENV, str(small.total + 2**20))
     out = tmp_path / "out"
     r = runner.invoke(app, ["generate", "a blue sky", *tiny_args(tiny_models, out, "--size", "1024x512")])
     assert r.exit_code == 1, r.output
@@ -118,11 +120,11 @@ def test_low_memory_switches_on_when_the_estimate_says_so(tiny_models, monkeypat
     prec = choose_precision("auto", torch.device("cpu"))
     normal = memory.estimate(spec, cfg.clip_model, 256, 256, 32, "cpu", prec)
     low = memory.estimate(spec, cfg.clip_model, 256, 256, 32, "cpu", prec, low_memory=True)
-    monkeypatch.setenv(memory.BUDGET_ENV, str((normal.total + low.total) // 2))
-    plan = memory.plan_run(cfg, spec, 256, 256, torch.device("cpu"), prec)
+    monkeypatch.setenv(budget.BUDGET_ENV, str((normal.total + low.total) // 2))
+    plan = budget.plan_run(cfg, spec, 256, 256, torch.device("cpu"), prec)
     assert plan.low_memory and plan.note and "low-memory mode on" in plan.note and plan.clip_chunk == 8
-    monkeypatch.setenv(memory.BUDGET_ENV, "64GiB")
-    plan = memory.plan_run(cfg, spec, 256, 256, torch.device("cpu"), prec)
+    monkeypatch.setenv(budget.BUDGET_ENV, "64GiB")
+    plan = budget.plan_run(cfg, spec, 256, 256, torch.device("cpu"), prec)
     assert not plan.low_memory and plan.note is None and plan.clip_chunk == 16
 
 
@@ -227,7 +229,7 @@ def test_text_tower_released_and_encoder_dropped(tiny_models):
     models = engine.load_models(tiny_models["vqgan_yaml"], tiny_models["vqgan_ckpt"], str(tiny_models["clip_json"]),
                                 str(tiny_models["clip_ckpt"]), torch.device("cpu"), with_encoder=True)
     before = sum(p.numel() for p in models.clip.model.parameters())
-    memory.release_unused(models)
+    budget.release_unused(models)
     assert sum(p.numel() for p in models.clip.model.parameters()) < before
     assert models.vqgan.encoder is None
     with pytest.raises(RuntimeError, match="text tower"):

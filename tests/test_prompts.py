@@ -1,4 +1,4 @@
-"""Table-driven tests of the prompt, size and story grammar (STYLE 10)."""
+"""Table-driven tests (one row per case) of the prompt, size and story grammar."""
 
 from __future__ import annotations
 

@@ -25,9 +25,17 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from vqclip import downloads as D
-from vqclip import weights as W
+from vqclip.commands.weights import RichTransfer, rich_note
 from vqclip.errors import VqclipError, WeightsMissing
+from vqclip.weights import download as D  # monkeypatched: TIMEOUT, RETRY_WAIT, fetch_to_part, shutil
+from vqclip.weights import registry as R  # monkeypatched: WEIGHTS (the table the CLI reads)
+from vqclip.weights import resolve as RS  # monkeypatched: sha256_file
+from vqclip.weights.download import part_path
+from vqclip.weights.installed import all_status, registry_status
+from vqclip.weights.model_yaml import validate_yaml
+from vqclip.weights.registry import WeightSpec, packaged_yaml
+from vqclip.weights.resolve import ModelFiles, install_registry_model, resolve_model
+from vqclip.weights.store import CUSTOM, TOFU, VERIFIED, manifest_entry, weights_dir
 
 TINY_YAML = """model:
   target: taming.models.vqgan.VQModel
@@ -150,24 +158,29 @@ def sha(data: bytes) -> str:
 
 def make_spec(server: Server, name: str = "tiny", data: bytes | None = None, *, known_sha: bool = True,
               known_size: bool = True, ckpt_path: str | None = None, mirrors: tuple[str, ...] = (),
-              serve: bool = True) -> W.WeightSpec:
+              serve: bool = True) -> WeightSpec:
     data = payload() if data is None else data
     path = ckpt_path or f"/{name}.ckpt"
     if serve:
         server.serve(path, data)
     server.serve(f"/{name}.yaml", TINY_YAML.encode(), content_type="text/yaml")
-    return W.WeightSpec(name=name, description="test model", architecture="VQModel f2, n_embed 64",
+    return WeightSpec(name=name, description="test model", architecture="VQModel f2, n_embed 64",
                         size=len(data) if known_size else None, sha256=sha(data) if known_sha else None,
                         url=server.url(path), mirrors=mirrors, yaml_urls=(server.url(f"/{name}.yaml"),))
 
 
 @pytest.fixture
 def folder(vqclip_home: Path) -> Path:
-    return W.weights_dir()
+    return weights_dir()
 
 
-def install(spec: W.WeightSpec, folder: Path, **kw: Any) -> W.ModelFiles:
-    return W.install_registry_model(spec, folder, console=None, **kw)
+def install(spec: WeightSpec, folder: Path, **kw: Any) -> ModelFiles:
+    return install_registry_model(spec, folder, **kw)
+
+
+def rich(console: Console) -> dict[str, Any]:
+    """The CLI's Rich note and progress bar, drawing into `console`."""
+    return {"note": rich_note(console), "progress": RichTransfer(console)}
 
 
 def ckpt_requests(server: Server) -> list[tuple[str, dict[str, str]]]:
@@ -179,17 +192,17 @@ def ckpt_requests(server: Server) -> list[tuple[str, dict[str, str]]]:
 
 def test_registry_entries_are_complete() -> None:
     assert {"vqgan_imagenet_f16_16384", "vqgan_imagenet_f16_1024", "vqgan_gumbel_f8_8192", "wikiart_16384",
-            "sflckr", "coco", "faceshq"} <= set(W.WEIGHTS)
-    for name, spec in W.WEIGHTS.items():
+            "sflckr", "coco", "faceshq"} <= set(R.WEIGHTS)
+    for name, spec in R.WEIGHTS.items():
         assert spec.name == name and spec.description and spec.architecture and spec.license
         assert all(u.startswith("https://") for u in (*spec.urls, *spec.yaml_urls)), name
         assert spec.sha256 is None or len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0
-        yaml_path = W.packaged_yaml(name)
+        yaml_path = packaged_yaml(name)
         assert yaml_path is not None, f"{name}: no packaged yaml"
-        W.validate_yaml(yaml_path)
-    assert W.WEIGHTS["vqgan_imagenet_f16_16384"].size == 980092370
-    assert all("debc22c8f285c7734980c464ff992d335dde6e9a" in s.url for s in W.WEIGHTS.values() if "Somnai" in s.url)
-    assert [n for n, s in W.WEIGHTS.items() if s.sha256 is None] == ["vqgan_imagenet_f16_1024"]
+        validate_yaml(yaml_path)
+    assert R.WEIGHTS["vqgan_imagenet_f16_16384"].size == 980092370
+    assert all("debc22c8f285c7734980c464ff992d335dde6e9a" in s.url for s in R.WEIGHTS.values() if "Somnai" in s.url)
+    assert [n for n, s in R.WEIGHTS.items() if s.sha256 is None] == ["vqgan_imagenet_f16_1024"]
 
 
 def test_packaged_yamls_match_the_architectures() -> None:
@@ -199,15 +212,15 @@ def test_packaged_yamls_match_the_architectures() -> None:
               "vqgan_gumbel_f8_8192": (8192, 8, True), "wikiart_16384": (16384, 16, False),
               "sflckr": (1024, 16, False), "coco": (8192, 16, False), "faceshq": (1024, 16, False)}
     for name, (n_embed, factor, gumbel) in expect.items():
-        spec = read_spec(W.packaged_yaml(name))  # type: ignore[arg-type]
+        spec = read_spec(packaged_yaml(name))  # type: ignore[arg-type]
         assert (spec.n_embed, spec.factor, spec.gumbel, spec.embed_dim) == (n_embed, factor, gumbel, 256), name
 
 
 def test_weights_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, vqclip_home: Path) -> None:
-    assert W.weights_dir(tmp_path / "x") == tmp_path / "x"
-    assert W.weights_dir() == vqclip_home / "weights"
+    assert weights_dir(tmp_path / "x") == tmp_path / "x"
+    assert weights_dir() == vqclip_home / "weights"
     monkeypatch.delenv("VQCLIP_HOME")
-    assert W.weights_dir().parts[-2:] == ("vqclip", "weights")
+    assert weights_dir().parts[-2:] == ("vqclip", "weights")
 
 
 # --------------------------------------------------------------------------------------------- downloads
@@ -219,16 +232,16 @@ def test_happy_path_downloads_verifies_and_records(server: Server, folder: Path)
     assert files.ckpt_path == folder / "tiny.ckpt" and files.source == "registry"
     assert files.ckpt_path.read_bytes() == server.routes["/tiny.ckpt"].body
     assert files.sha256 == spec.sha256 and files.yaml_path == folder / "tiny.yaml"
-    assert not W.part_path(files.ckpt_path).exists()
-    entry = W.manifest_entry(folder, files.ckpt_path)
-    assert entry and entry["status"] == W.VERIFIED and entry["sha256"] == spec.sha256
+    assert not part_path(files.ckpt_path).exists()
+    entry = manifest_entry(folder, files.ckpt_path)
+    assert entry and entry["status"] == VERIFIED and entry["sha256"] == spec.sha256
     assert entry["url"] == spec.url
 
 
 def test_download_shows_progress_and_says_what_and_how_big(server: Server, folder: Path) -> None:
     spec = make_spec(server)
     buf = StringIO()
-    W.install_registry_model(spec, folder, console=Console(file=buf, width=120))
+    install_registry_model(spec, folder, **rich(Console(file=buf, width=120)))
     text = buf.getvalue()
     assert "Downloading tiny (300.0 kB" in text and "first use only" in text
     assert "300.0/300.0 kB" in text  # the progress bar's byte column
@@ -240,9 +253,9 @@ def test_interrupted_download_resumes_on_the_next_run(server: Server, folder: Pa
     server.serve("/tiny.ckpt", data, cut_after=120_000, cuts=1)
     with pytest.raises(WeightsMissing, match="partial file is kept"):
         install(spec, folder, retries=0)
-    part = W.part_path(folder / "tiny.ckpt")
+    part = part_path(folder / "tiny.ckpt")
     assert part.stat().st_size == 120_000 and not (folder / "tiny.ckpt").exists()
-    status = W.registry_status(spec, folder)
+    status = registry_status(spec, folder)
     assert (status.status, status.partial_bytes, status.installed) == ("partial", 120_000, False)
     files = install(spec, folder)
     assert files.ckpt_path.read_bytes() == data
@@ -264,8 +277,8 @@ def test_server_that_ignores_range_restarts_from_zero(server: Server, folder: Pa
     data = payload(200_000)
     spec = make_spec(server, data=data, serve=False)
     server.serve("/tiny.ckpt", data, honor_range=False)
-    W.part_path(folder / "tiny.ckpt").parent.mkdir(parents=True, exist_ok=True)
-    W.part_path(folder / "tiny.ckpt").write_bytes(b"junk" * 100)
+    part_path(folder / "tiny.ckpt").parent.mkdir(parents=True, exist_ok=True)
+    part_path(folder / "tiny.ckpt").write_bytes(b"junk" * 100)
     assert install(spec, folder).ckpt_path.read_bytes() == data
 
 
@@ -273,7 +286,7 @@ def test_part_longer_than_the_file_starts_over_when_size_is_unknown(server: Serv
     data = payload(100_000)
     spec = make_spec(server, data=data, known_sha=False, known_size=False)
     folder.mkdir(parents=True, exist_ok=True)
-    W.part_path(folder / "tiny.ckpt").write_bytes(payload(150_000, seed=5))  # left over from something else
+    part_path(folder / "tiny.ckpt").write_bytes(payload(150_000, seed=5))  # left over from something else
     assert install(spec, folder).ckpt_path.read_bytes() == data
     assert [h.get("range") for _, h in ckpt_requests(server)] == ["bytes=150000-", None]
 
@@ -286,7 +299,7 @@ def test_sha_mismatch_deletes_the_file_and_names_url_and_fix(server: Server, fol
     msg = err.value.message
     assert spec.url in msg and "sha256 mismatch" in msg and "vqclip weights download tiny" in msg
     assert "\n" not in msg
-    assert not (folder / "tiny.ckpt").exists() and not W.part_path(folder / "tiny.ckpt").exists()
+    assert not (folder / "tiny.ckpt").exists() and not part_path(folder / "tiny.ckpt").exists()
 
 
 def test_first_mirror_404_then_second_mirror(server: Server, folder: Path) -> None:
@@ -297,7 +310,7 @@ def test_first_mirror_404_then_second_mirror(server: Server, folder: Path) -> No
     files = install(spec, folder)
     assert files.ckpt_path.read_bytes() == data
     assert [p for p, _ in ckpt_requests(server)] == ["/gone/tiny.ckpt", "/mirror2/tiny.ckpt"]
-    assert W.manifest_entry(folder, files.ckpt_path)["url"] == server.url("/mirror2/tiny.ckpt")  # type: ignore
+    assert manifest_entry(folder, files.ckpt_path)["url"] == server.url("/mirror2/tiny.ckpt")  # type: ignore
 
 
 @pytest.mark.parametrize("content_type,known", [("text/html; charset=utf-8", True),
@@ -308,7 +321,7 @@ def test_html_page_instead_of_checkpoint_is_detected(server: Server, folder: Pat
     server.serve("/tiny.ckpt", HTML, content_type=content_type)
     with pytest.raises(WeightsMissing, match="HTML page"):
         install(spec, folder)
-    assert not (folder / "tiny.ckpt").exists() and not W.part_path(folder / "tiny.ckpt").exists()
+    assert not (folder / "tiny.ckpt").exists() and not part_path(folder / "tiny.ckpt").exists()
 
 
 def test_wrong_size_is_reported(server: Server, folder: Path) -> None:
@@ -324,8 +337,8 @@ def test_good_cached_file_makes_no_request_and_is_not_rehashed(server: Server, f
     spec = make_spec(server)
     install(spec, folder)
     server.requests.clear()
-    monkeypatch.setattr(W, "sha256_file", lambda *a, **k: pytest.fail("a verified file was hashed again"))
-    files = W.resolve_model("tiny", registry={"tiny": spec}, download=True, console=Console(file=StringIO()))
+    monkeypatch.setattr(RS, "sha256_file", lambda *a, **k: pytest.fail("a verified file was hashed again"))
+    files = resolve_model("tiny", registry={"tiny": spec}, download=True, **rich(Console(file=StringIO())))
     assert files.sha256 == spec.sha256 and server.requests == []
 
 
@@ -344,9 +357,9 @@ def test_corrupt_cached_file_is_downloaded_again(server: Server, folder: Path) -
 def test_trust_on_first_use_is_recorded_and_enforced(server: Server, folder: Path) -> None:
     spec = make_spec(server, known_sha=False, known_size=False)
     files = install(spec, folder)
-    entry = W.manifest_entry(folder, files.ckpt_path)
-    assert entry and entry["status"] == W.TOFU and entry["sha256"] == sha(server.routes["/tiny.ckpt"].body)
-    assert W.registry_status(spec, folder).status == W.TOFU
+    entry = manifest_entry(folder, files.ckpt_path)
+    assert entry and entry["status"] == TOFU and entry["sha256"] == sha(server.routes["/tiny.ckpt"].body)
+    assert registry_status(spec, folder).status == TOFU
     files.ckpt_path.unlink()  # lost locally, and the server now has other bytes: the recorded hash wins
     server.serve("/tiny.ckpt", payload(seed=9))
     with pytest.raises(WeightsMissing, match="sha256 mismatch"):
@@ -358,9 +371,9 @@ def test_offline_gives_one_line_with_command_and_url(folder: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/tiny.ckpt"
-    spec = dataclasses.replace(W.WEIGHTS["coco"], url=url, mirrors=())  # the packaged yaml needs no network
+    spec = dataclasses.replace(R.WEIGHTS["coco"], url=url, mirrors=())  # the packaged yaml needs no network
     with pytest.raises(WeightsMissing) as err:
-        W.resolve_model("coco", registry={"coco": spec}, console=Console(file=StringIO()))
+        resolve_model("coco", registry={"coco": spec}, **rich(Console(file=StringIO())))
     msg = err.value.message
     assert "no connection" in msg and "vqclip weights download coco" in msg and url in msg
     assert "\n" not in msg
@@ -368,11 +381,11 @@ def test_offline_gives_one_line_with_command_and_url(folder: Path) -> None:
 
 def test_not_downloaded_and_no_download_names_file_command_and_url(folder: Path) -> None:
     with pytest.raises(WeightsMissing) as err:
-        W.resolve_model("vqgan_imagenet_f16_16384", download=False)
+        resolve_model("vqgan_imagenet_f16_16384", download=False)
     msg = err.value.message
     assert str(folder / "vqgan_imagenet_f16_16384.ckpt") in msg
     assert "vqclip weights download vqgan_imagenet_f16_16384" in msg
-    assert W.WEIGHTS["vqgan_imagenet_f16_16384"].url in msg and "980.1 MB" in msg
+    assert R.WEIGHTS["vqgan_imagenet_f16_16384"].url in msg and "980.1 MB" in msg
 
 
 def test_ctrl_c_keeps_the_part_file(server: Server, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -390,8 +403,8 @@ def test_ctrl_c_keeps_the_part_file(server: Server, folder: Path, monkeypatch: p
     monkeypatch.setattr(D, "fetch_to_part", interrupted)
     buf = StringIO()
     with pytest.raises(KeyboardInterrupt):
-        W.install_registry_model(spec, folder, console=Console(file=buf, width=200))
-    assert W.part_path(folder / "tiny.ckpt").stat().st_size > 0
+        install_registry_model(spec, folder, **rich(Console(file=buf, width=200)))
+    assert part_path(folder / "tiny.ckpt").stat().st_size > 0
     assert "run the same command to resume" in buf.getvalue()
 
 
@@ -415,7 +428,7 @@ def test_yaml_without_ddconfig_is_rejected(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  params:\n    first_stage_config: {params: {}}\n")
     with pytest.raises(VqclipError, match="no model.params.ddconfig.*first_stage_config"):
-        W.validate_yaml(bad)
+        validate_yaml(bad)
 
 
 # --------------------------------------------------------------------------------------- names and paths
@@ -425,41 +438,62 @@ def test_custom_pair_resolves_by_name(tiny_models: dict[str, Path], folder: Path
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "mine.yaml").write_bytes(tiny_models["vqgan_yaml"].read_bytes())
     (folder / "mine.ckpt").write_bytes(tiny_models["vqgan_ckpt"].read_bytes())
-    files = W.resolve_model("mine")
+    files = resolve_model("mine")
     assert files.source == "custom" and files.ckpt_path == folder / "mine.ckpt"
     assert files.sha256 == sha(tiny_models["vqgan_ckpt"].read_bytes())
-    status = {s.name: s for s in W.all_status(folder)}["mine"]
-    assert status.kind == "custom" and status.status == W.CUSTOM and status.installed
+    status = {s.name: s for s in all_status(folder)}["mine"]
+    assert status.kind == "custom" and status.status == CUSTOM and status.installed
 
 
 def test_custom_yaml_without_ckpt_names_the_expected_file(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "half.yaml").write_text(TINY_YAML)
     with pytest.raises(WeightsMissing, match=f"expected {folder / 'half.ckpt'}"):
-        W.resolve_model("half")
+        resolve_model("half")
 
 
 def test_paths_to_yaml_or_ckpt(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    by_yaml = W.resolve_model(str(tiny_models["vqgan_yaml"]))
-    by_ckpt = W.resolve_model(str(tiny_models["vqgan_ckpt"]))
+    by_yaml = resolve_model(str(tiny_models["vqgan_yaml"]))
+    by_ckpt = resolve_model(str(tiny_models["vqgan_ckpt"]))
     assert by_yaml == by_ckpt and by_yaml.source == "path" and by_yaml.name == "tiny_vq"
     assert by_yaml.sha256 == sha(tiny_models["vqgan_ckpt"].read_bytes())  # for the run record
     lonely = tmp_path / "lonely.yaml"
     lonely.write_text(TINY_YAML)
     with pytest.raises(WeightsMissing, match=f"expected {tmp_path / 'lonely.ckpt'}"):
-        W.resolve_model(str(lonely))
+        resolve_model(str(lonely))
     with pytest.raises(WeightsMissing, match="not found"):
-        W.resolve_model(str(tmp_path / "nope.yaml"))
+        resolve_model(str(tmp_path / "nope.yaml"))
 
 
 def test_unknown_name_lists_known_names(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "mine.yaml").write_text(TINY_YAML)
     with pytest.raises(VqclipError) as err:
-        W.resolve_model("imagenet")
+        resolve_model("imagenet")
     assert type(err.value) is VqclipError
     for word in ("vqgan_imagenet_f16_16384", "coco", "mine", ".yaml"):
         assert word in err.value.message
+
+
+def test_yaml_only_finds_the_yaml_without_downloading_or_hashing(tiny_models: dict[str, Path], folder: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the dry run's estimate uses: the same resolver, the yaml alone (no checkpoint needed)."""
+    monkeypatch.setattr(RS, "sha256_file", lambda *a, **k: pytest.fail("yaml_only hashed a checkpoint"))
+    monkeypatch.setattr(RS, "download_file", lambda *a, **k: pytest.fail("yaml_only downloaded"))
+    files = resolve_model("vqgan_imagenet_f16_16384", yaml_only=True)
+    assert files.yaml_path == packaged_yaml("vqgan_imagenet_f16_16384") and files.sha256 is None
+    assert files.ckpt_path == folder / "vqgan_imagenet_f16_16384.ckpt" and not files.ckpt_path.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "half.yaml").write_text(TINY_YAML)  # a custom yaml whose checkpoint is not there yet
+    assert resolve_model("half", yaml_only=True).yaml_path == folder / "half.yaml"
+    lonely = folder.parent / "lonely.yaml"
+    lonely.write_text(TINY_YAML)
+    assert resolve_model(str(lonely), yaml_only=True).yaml_path == lonely
+    assert resolve_model(str(tiny_models["vqgan_ckpt"]), yaml_only=True).yaml_path == tiny_models["vqgan_yaml"]
+    with pytest.raises(WeightsMissing, match="has no model config beside it"):
+        resolve_model(str(folder.parent / "nothing.ckpt"), yaml_only=True)
+    with pytest.raises(VqclipError, match="unknown model 'imagenet'"):
+        resolve_model("imagenet", yaml_only=True)
 
 
 # ----------------------------------------------------------------------------------------------------- CLI
@@ -485,7 +519,7 @@ def test_registry(server: Server, monkeypatch: pytest.MonkeyPatch, tiny_models: 
     good = make_spec(server, "tinyvq", tiny_models["vqgan_ckpt"].read_bytes())
     tofu = make_spec(server, "tofu", payload(50_000), known_sha=False, known_size=False)
     registry = {"tinyvq": good, "tofu": tofu}
-    monkeypatch.setattr(W, "WEIGHTS", registry)
+    monkeypatch.setattr(R, "WEIGHTS", registry)
     return registry
 
 
@@ -517,7 +551,7 @@ def test_cli_download_then_list_shows_verified_and_tofu(cli: Any, test_registry:
     listing = cli("list").output
     assert "verified" in listing and "trusted on first use" in listing
     status = {d["name"]: d["status"] for d in json.loads(cli("list", "--json").output)}
-    assert status == {"tinyvq": W.VERIFIED, "tofu": W.TOFU}
+    assert status == {"tinyvq": VERIFIED, "tofu": TOFU}
 
 
 def test_cli_download_errors_are_one_line(cli: Any, test_registry: dict) -> None:
@@ -556,7 +590,7 @@ def test_cli_path_and_remove(cli: Any, test_registry: dict, folder: Path) -> Non
     gone = cli("remove", "tinyvq", "--yes")
     assert gone.exit_code == 0, gone.output
     assert not (folder / "tinyvq.ckpt").exists() and not (folder / "tinyvq.safetensors").exists()
-    assert W.manifest_entry(folder, folder / "tinyvq.ckpt") is None
+    assert manifest_entry(folder, folder / "tinyvq.ckpt") is None
     again = cli("remove", "tinyvq", "--yes")
     assert again.exit_code == 1 and "not installed" in again.output
 
@@ -610,9 +644,11 @@ def test_installed_script_in_a_real_subprocess(vqclip_home: Path) -> None:
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "unknown model 'nope'" in bad.stderr
     listing = subprocess.run([*cmd, "weights", "list", "--json", "--no-clip"], env=env, capture_output=True,
                              text=True, timeout=60)
-    assert {d["name"] for d in json.loads(listing.stdout)} == set(W.WEIGHTS)
+    assert {d["name"] for d in json.loads(listing.stdout)} == set(R.WEIGHTS)
 
 
 def test_weights_cli_does_not_import_torch() -> None:
-    code = "import sys, vqclip.commands.weights, vqclip.weights; sys.exit('torch' in sys.modules)"
+    modules = ", ".join(f"vqclip.weights.{m}" for m in ("registry", "store", "download", "model_yaml", "resolve",
+                                                         "pickle_scan", "installed", "clip"))
+    code = f"import sys, vqclip.commands.weights, {modules}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

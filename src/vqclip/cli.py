@@ -13,19 +13,54 @@ from typing import Any
 from vqclip import __version__
 
 
+# Command groups imported only when one of them runs: `vqclip --help` lists them from these lines, so it does not
+# pay for what they import (the weights code, the run records and pydantic, the gallery's templates).
+LAZY_GROUPS = {
+    "weights": ("vqclip.commands.weights", "List, download, verify and remove VQGAN weights."),
+    "runs": ("vqclip.commands.runs", "List, inspect and clean up run folders."),
+    "gallery": ("vqclip.commands.gallery", "Build a static, offline HTML gallery of runs."),
+}
+
+
+def _lazy_group_class() -> Any:
+    import importlib
+
+    import typer
+    from typer.core import TyperGroup
+
+    class LazyGroup(TyperGroup):
+        """The root group: LAZY_GROUPS stand in as empty groups (name and help) until one is resolved to run."""
+
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+            for name, (_, help_text) in LAZY_GROUPS.items():
+                stub = TyperGroup(name=name, help=help_text)
+                stub.lazy = True  # type: ignore[attr-defined]
+                self.add_command(stub, name)
+
+        def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+            name = args[0] if args else None
+            if name in LAZY_GROUPS and getattr(self.commands.get(name), "lazy", False):
+                module, help_text = LAZY_GROUPS[name]
+                group = typer.main.get_group(importlib.import_module(module).app)  # a group even of one command
+                group.name, group.help = name, help_text
+                self.add_command(group, name)
+            return super().resolve_command(ctx, args)
+
+    return LazyGroup
+
+
 def build_app() -> Any:
     import typer
 
     from vqclip.commands.common import CONTEXT
     from vqclip.commands.continue_ import continue_run
-    from vqclip.commands.gallery import app as gallery_app
     from vqclip.commands.generate import generate
-    from vqclip.commands.runs import app as runs_app
     from vqclip.commands.selftest import selftest
-    from vqclip.commands.weights import app as weights_app
 
     app = typer.Typer(help="VQGAN-CLIP art from the command line.", context_settings=CONTEXT, no_args_is_help=True,
-                      add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich")
+                      add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
+                      cls=_lazy_group_class())
 
     def version(value: bool) -> None:
         if value:
@@ -39,10 +74,7 @@ def build_app() -> Any:
 
     app.command(context_settings=CONTEXT)(generate)
     app.command("continue", context_settings=CONTEXT)(continue_run)
-    app.add_typer(weights_app, name="weights", help="List, download, verify and remove VQGAN weights.")
-    app.add_typer(runs_app, name="runs", help="List, inspect and clean up run folders.")
-    app.add_typer(gallery_app, name="gallery", help="Build a static, offline HTML gallery of runs.")
-    app.command(context_settings=CONTEXT)(selftest)
+    app.command(context_settings=CONTEXT)(selftest)  # then weights, runs and gallery (LAZY_GROUPS)
     return app
 
 
@@ -54,10 +86,53 @@ def __getattr__(name: str) -> Any:  # `from vqclip.cli import app` (tests, pytho
     raise AttributeError(name)
 
 
+_TERMINATED: list[int] = []  # SIGTERMs seen by `_terminated` (Typer turns every KeyboardInterrupt into 130)
+
+
 def _terminated(signum: int, frame: Any) -> None:
     from vqclip.errors import Terminated
 
+    _TERMINATED.append(signum)
     raise Terminated
+
+
+def _usage_line(exc: Any) -> None:
+    """A Click/Typer usage error (unknown option, bad value, missing argument) as one `Error:` line naming the
+    option, the allowed range where there is one, and where the help is (instead of Typer's boxed panel)."""
+    from vqclip.commands.common import fail
+
+    text = " ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())
+    param = getattr(exc, "param", None)
+    lo = getattr(param, "min", None) if param is not None else None
+    hi = getattr(param, "max", None) if param is not None else None
+    if param is not None and lo is None and hi is None:  # Click's IntRange / FloatRange
+        lo, hi = getattr(getattr(param, "type", None), "min", None), getattr(getattr(param, "type", None), "max", None)
+    if lo is not None and hi is not None:
+        text = f"{text.rstrip('.')}; give a number from {lo} to {hi}"
+    elif lo is not None:
+        text = f"{text.rstrip('.')}; give a number {lo} or more"
+    if len(text) > 300:
+        text = text[:299] + "…"
+    path = getattr(getattr(exc, "ctx", None), "command_path", None)
+    fail(f"{text} (see `{path} -h`)" if path else text, exc.exit_code)
+
+
+def _run(app: Any) -> int:
+    """Run the app without Click's standalone mode, so that usage errors come back here to be printed as one
+    line; the exit code of the command (0, or a typer.Exit's)."""
+    import typer
+
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    try:
+        rv = app(standalone_mode=False)
+    except click_error as e:
+        if type(e).__name__ != "NoArgsIsHelpError":  # that one has already shown the help
+            _usage_line(e)
+        return int(e.exit_code)
+    except typer.Abort:
+        print("Aborted.", file=sys.stderr)
+        return 1
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
 
 
 def main() -> None:
@@ -69,15 +144,20 @@ def main() -> None:
         from vqclip import hugepages
 
         hugepages.enable()  # before anything imports torch
-        build_app()()
+        code = _run(build_app())
     except KeyboardInterrupt as e:  # before a command's own handler is in place (imports, argument parsing)
         from vqclip.errors import Terminated
 
         code = 143 if isinstance(e, Terminated) else 130
         print("Terminated." if code == 143 else "Interrupted.", file=sys.stderr)
-        sys.exit(code)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if code == 130 and _TERMINATED:  # a SIGTERM that Typer caught as a KeyboardInterrupt while parsing
+        code = 143
+    common = sys.modules.get("vqclip.commands.common")
+    if code in (130, 143) and not getattr(common, "STOP_REPORTED", [0]):  # Typer ended it silently
+        print("Terminated." if code == 143 else "Interrupted.", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""RunConfig: every knob of a run in one pydantic model that rejects unknown keys (STYLE 5; llm's options).
+"""RunConfig: every knob of a run in one pydantic model that rejects unknown keys, so that a misspelt key in a
+config file is an error rather than a setting silently ignored (as llm validates its model options).
 
 Values are layered: the packaged `configs/defaults.yaml` (which says why each default was chosen), then an
-optional user YAML file (`--config`), then CLI flags. No torch here: `vqclip --help` must stay light.
+optional user YAML file (`--config`), then CLI flags. The field defaults here and defaults.yaml must agree key
+for key (tests/test_config.py holds them to it); the engine's LoopSettings takes each knob from here by name
+(`vqclip.pipeline.settings`), so a new knob is one field here, one line in defaults.yaml and, for its help text,
+one line in `vqclip.knobs` (which `vqclip --help` reads without importing pydantic). No torch here.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vqclip.errors import VqclipError
+from vqclip.knobs import HELP, field_help
 from vqclip.prompts import (
     ImagePrompt,
     NoisePrompt,
+    PromptError,
     TextPrompt,
     parse_image_prompt,
     parse_noise_prompt,
     parse_size,
+    parse_story,
     parse_text_prompts,
 )
 
@@ -39,8 +46,16 @@ def _check_image_prompt(value: str) -> str:
 
 
 def _check_noise_prompt(value: str) -> str:
-    parse_noise_prompt(value)
+    seed = parse_noise_prompt(value).seed
+    if seed >= 2**63:  # what torch.Generator.manual_seed takes, with room for the seeds derived from it
+        raise ValueError(f"noise prompt {value.strip()!r}: seed {_short_int(seed)} is too large; "
+                         f"use a seed from 0 to {2**63 - 1}")
     return value
+
+
+def _short_int(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 30 else f"{text[:12]}…({len(text)} digits)"
 
 
 ImagePromptStr = Annotated[str, AfterValidator(_check_image_prompt)]
@@ -59,49 +74,50 @@ def _size_to_width_height(size: Any) -> tuple[int, int]:
 
 
 class RunConfig(BaseModel):
-    """Everything that decides what a run makes. Stored in every run's details.json (STYLE 6)."""
+    """Everything that decides what a run makes. Stored in every run's details.json, so that a run can be
+    repeated or continued from its folder alone."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
 
-    prompt: str = Field("", description='Text prompts, "text[:weight[:stop]] | …"; negative weights push away.')
+    prompt: str = Field("", description=HELP["prompt"])
     image_prompts: list[ImagePromptStr] = Field(
-        default_factory=list, description='Image prompts, each "PATH[:weight[:stop]]" (a file or URL).'
+        default_factory=list, description=HELP["image_prompts"]
     )
     noise_prompts: list[NoisePromptStr] = Field(
-        default_factory=list, description='Noise prompts, each "SEED[:weight]": a seeded random CLIP target.'
+        default_factory=list, description=HELP["noise_prompts"]
     )
-    init_image: str | None = Field(None, min_length=1, description="Start from this image instead of random tokens.")
-    width: int = Field(480, ge=1, le=8192, description="Width in pixels (floored to a multiple of the VQGAN factor).")
-    height: int = Field(480, ge=1, le=8192, description="Height in pixels (floored like the width).")
-    steps: int = Field(300, ge=1, le=1_000_000, description="Optimisation steps.")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="Random seed; empty = pick one and record it.")
+    init_image: str | None = Field(None, min_length=1, description=HELP["init_image"])
+    width: int = Field(480, ge=1, le=8192, description=HELP["width"])
+    height: int = Field(480, ge=1, le=8192, description=HELP["height"])
+    steps: int = Field(300, ge=1, le=1_000_000, description=HELP["steps"])
+    seed: int | None = Field(None, ge=0, lt=2**63, description=HELP["seed"])
     model: str = Field(
-        "vqgan_imagenet_f16_16384", min_length=1, description="VQGAN: a registry name or a path to a taming .yaml."
+        "vqgan_imagenet_f16_16384", min_length=1, description=HELP["model"]
     )
     clip_model: str = Field(
-        "ViT-B-32-quickgelu", min_length=1, description="CLIP: an open_clip model name or a path to a model-config JSON."
+        "ViT-B-32-quickgelu", min_length=1, description=HELP["clip_model"]
     )
     clip_pretrained: str = Field(
-        "openai", min_length=1, description='CLIP weights: an open_clip tag or a checkpoint path; "none" = random weights.'
+        "openai", min_length=1, description=HELP["clip_pretrained"]
     )
-    cutn: int = Field(32, ge=1, le=1024, description="Cutouts scored by CLIP per step (more = steadier, slower).")
-    cut_pow: float = Field(1.0, gt=0, description="Cutout size power; higher = smaller cutouts, more detail.")
-    augment: bool = Field(True, description="Random flips/affine/perspective/colour jitter on the cutouts.")
-    noise_fac: float = Field(0.1, ge=0, description="Per-cutout noise amplitude (0 = none).")
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimiser for the latent z.")
-    lr: float = Field(0.1, gt=0, description="Learning rate (step size) of the optimiser.")
-    init_weight: float = Field(0.0, ge=0, description="Weight of the MSE of z to the initial z (keeps the init image).")
+    cutn: int = Field(32, ge=1, le=1024, description=HELP["cutn"])
+    cut_pow: float = Field(1.0, gt=0, description=HELP["cut_pow"])
+    augment: bool = Field(True, description=HELP["augment"])
+    noise_fac: float = Field(0.1, ge=0, description=HELP["noise_fac"])
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description=HELP["optimizer"])
+    lr: float = Field(0.1, gt=0, description=HELP["lr"])
+    init_weight: float = Field(0.0, ge=0, description=HELP["init_weight"])
     init_weight_decay: float = Field(
-        0.0, ge=0, description="Subtracted from init_weight every init_weight_decay_every steps (floored at 0)."
+        0.0, ge=0, description=HELP["init_weight_decay"]
     )
-    init_weight_decay_every: int = Field(0, ge=0, description="Steps between init_weight decays (0 = no decay).")
-    tv_weight: float = Field(0.0, ge=0, description="Total-variation weight on the pixels (smooths noise).")
-    save_every: int = Field(10, ge=0, description="Save a progress frame every N steps (0 = final frame only).")
-    fps: int = Field(15, ge=1, le=120, description="Frames per second of the progress video.")
-    device: str = Field("auto", description="Device: auto, cpu, cuda, cuda:N or mps.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Numeric precision of the models.")
-    low_memory: bool | None = Field(None, description="Trade speed for memory; empty = decide from the estimate.")
-    compile: bool = Field(False, description="torch.compile the models (slow first step, faster after).")
+    init_weight_decay_every: int = Field(0, ge=0, le=1_000_000, description=HELP["init_weight_decay_every"])
+    tv_weight: float = Field(0.0, ge=0, description=HELP["tv_weight"])
+    save_every: int = Field(10, ge=0, le=1_000_000, description=HELP["save_every"])
+    fps: int = Field(15, ge=1, le=120, description=HELP["fps"])
+    device: str = Field("auto", description=HELP["device"])
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=HELP["precision"])
+    low_memory: bool | None = Field(None, description=HELP["low_memory"])
+    compile: bool = Field(False, description=HELP["compile"])
 
     @model_validator(mode="before")
     @classmethod
@@ -121,7 +137,13 @@ class RunConfig(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _check_prompt(cls, value: str) -> str:
-        if value:
+        if value and "^" in value:  # a story "a ^ b ^ c": every stage on its own, named by its number
+            for index, stage in enumerate(parse_story(value), start=1):
+                try:
+                    parse_text_prompts(stage)
+                except PromptError as e:
+                    raise PromptError(f"story stage {index}: {e}") from None
+        elif value:
             parse_text_prompts(value)
         return value
 
@@ -182,11 +204,14 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a user YAML config (a mapping of RunConfig fields); raise VqclipError with one line on any problem."""
+    from vqclip.files import path_problem
+
     path = Path(path)
     if not path.exists():
         raise VqclipError(f"config file {path}: not found; check the path")
-    if path.is_dir():
-        raise VqclipError(f"config file {path}: is a directory; give a .yaml file")
+    problem = path_problem(path)  # a directory, a FIFO (reading it would wait forever), a device…
+    if problem is not None:
+        raise VqclipError(f"config file {path}: {problem}; give a .yaml file")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -197,6 +222,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         hint = "quote values that contain ': '" if "mapping values" in str(exc) else "fix the YAML"
         raise VqclipError(f"config file {path}: {_yaml_problem(exc)}; {hint}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting too deep
+        what = "nested too deeply" if isinstance(exc, RecursionError) else "holds a value YAML cannot read"
+        raise VqclipError(f"config file {path}: {what}; fix the YAML") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -246,16 +274,49 @@ def validation_lines(exc: Any) -> list[str]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__") or "config"
         msg = str(err.get("msg", "invalid value"))
         msg = msg.removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}")
+        lines.append(f"{loc}: {_range_message(err) or msg}")
     return lines
 
 
-def field_help(name: str) -> str:
-    """The description of RunConfig field `name` (the Typer help text comes from here)."""
-    field = RunConfig.model_fields.get(name)
-    if field is None:
-        raise KeyError(f"RunConfig has no field {name!r}")
-    return field.description or ""
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
+
+
+def _range_message(err: Any) -> str | None:
+    """For a number out of its field's bounds (or not finite): pydantic's message, what was given and the
+    allowed range ("steps: Input should be greater than or equal to 1, not 0; give a number from 1 to 1000000")."""
+    loc = err.get("loc", ())
+    field = RunConfig.model_fields.get(str(loc[0])) if len(loc) == 1 else None
+    if err.get("type") not in _BOUND_ERRORS or field is None:
+        return None
+    lo = hi = None
+    lo_open = hi_open = False
+    for m in field.metadata:
+        for attr, is_lo, is_open in (("ge", True, False), ("gt", True, True), ("le", False, False),
+                                     ("lt", False, True)):
+            value = getattr(m, attr, None)
+            if value is None:
+                continue
+            if is_lo:
+                lo, lo_open = value, is_open
+            else:
+                hi, hi_open = value, is_open
+    is_int = field.annotation in (int, int | None)
+    if is_int and hi is not None and hi_open:
+        hi, hi_open = hi - 1, False
+    if is_int and lo is not None and lo_open:
+        lo, lo_open = lo + 1, False
+    parts = []
+    if lo is not None:
+        parts.append(f"greater than {lo}" if lo_open else f"{lo} or more")
+    if hi is not None:
+        parts.append(f"less than {hi}" if hi_open else f"{hi} or less")
+    if lo is not None and hi is not None and not lo_open and not hi_open:
+        parts = [f"from {lo} to {hi}"]
+    allowed = " and ".join(parts)
+    given = err.get("input")
+    shown = _short_int(given) if isinstance(given, int) and not isinstance(given, bool) else repr(given)
+    msg = str(err.get("msg", "Input is out of range"))
+    return f"{msg}, not {shown}; give a number {allowed}" if allowed else f"{msg}, not {shown}"
 
 
 def describe(config: RunConfig) -> dict[str, Any]:

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 
-def one_line(exc: BaseException, limit: int = 160) -> str:
-    """`Type: first line of the message` (cut at `limit`), for notes and details.json."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__
+def one_line(exc: BaseException, limit: int = 160, *, typed: bool = True) -> str:
+    """`Type: first line of the message` (cut at a word boundary near `limit`, with "…"), for notes and
+    details.json; `typed=False`: the line alone, to quote a library's error inside a sentence."""
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {shorten(text[0], limit)}" if typed else shorten(text[0], limit)
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """`text` if it fits in `limit` characters, else cut at the last word boundary before it, with "…"."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 2:  # a boundary not too far back; else cut the (very long) word itself
+        cut = cut[:space]
+    return cut.rstrip(" ,;:(") + "…"
 
 
 class VqclipError(Exception):

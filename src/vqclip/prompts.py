@@ -2,7 +2,7 @@
 
 The grammar follows `parse_prompt` in the original VQGAN-CLIP notebook (Katherine Crowson, 2021):
 `text[:weight[:stop]]`, pieces joined with `|`. The notebook split on every `:`, so a colon inside the text
-("ratio 16:9") or a URL ("http://host:8080/x.png") broke it (a known peer bug, see DESIGN.md). Here a `:X`
+("ratio 16:9") or a URL ("http://host:8080/x.png") broke it (copies of the notebook still do). Here a `:X`
 suffix counts only when X is a number, and at most two are peeled from the right:
 
 1. peel up to two numeric suffixes (`text:weight:stop`);
@@ -47,6 +47,8 @@ _PORT = re.compile(r"[0-9]+", re.ASCII)
 _SIZE = re.compile(r"\s*([0-9]+)\s*(?:[xX*×]\s*([0-9]+)\s*)?", re.ASCII)
 _NOISE_SEED = re.compile(r"\+?[0-9]+", re.ASCII)
 _SHOW_MAX = 60
+MAX_SIDE = 8192  # the largest width or height, in pixels (RunConfig's bound too)
+_MAX_DIGITS = 400  # longer integers are refused before int() (which refuses over 4300 digits with a traceback)
 
 
 class PromptError(ValueError):
@@ -176,6 +178,8 @@ def parse_noise_prompt(s: str) -> NoisePrompt:
     seed_text = seed_text.strip()
     if not _NOISE_SEED.fullmatch(seed_text):
         raise PromptError(f'{label}: seed must be a non-negative integer; write it as "SEED[:weight]", e.g. "42:0.5"')
+    if len(seed_text.lstrip("+0")) > _MAX_DIGITS:
+        raise PromptError(f"{label}: seed is too large; use a seed from 0 to {2**63 - 1}")
     numbers: list[float] = []
     if sep:
         if not _NUMBER.fullmatch(weight_text.strip()):
@@ -190,8 +194,12 @@ def parse_size(s: str) -> tuple[int, int]:
     match = _SIZE.fullmatch(s)
     if match is None:
         raise PromptError(f"size {_show(s)} is not WIDTHxHEIGHT; write e.g. 480x360 or 512")
-    width = int(match.group(1))
-    height = int(match.group(2)) if match.group(2) is not None else width
+    sides = [g.lstrip("0") or "0" for g in match.groups() if g is not None]
+    if any(len(side) > len(str(MAX_SIDE)) or int(side) > MAX_SIDE for side in sides):
+        raise PromptError(f"size {_show(s)} is too large: each side can be 1 to {MAX_SIDE} pixels; "
+                          "write e.g. 480x360 or 512")
+    width = int(sides[0])
+    height = int(sides[1]) if len(sides) > 1 else width
     if width < 1 or height < 1:
         raise PromptError(f"size {_show(s)} must be positive; write e.g. 480x360 or 512")
     return width, height

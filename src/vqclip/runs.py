@@ -1,11 +1,10 @@
-"""Run folders, the unit of record (DESIGN "Run folder"; nanoGPT keeps the config beside every checkpoint).
+"""Run folders, the unit of record: what a run made and all it takes to repeat it sit in one folder, so a run
+can be copied, shared or deleted whole (as nanoGPT keeps the config beside every checkpoint).
 
-`output/<YYYYmmddTHHMMSS>-<8 url-safe chars>/` holds output.png, anim.mp4, details.json, state.pt and copies of
-input images. A run is assembled in a hidden `.tmp-<id>` folder and renamed into place at the end, so a crash
-never leaves a half-written run folder; every file inside is itself written to a temporary name and renamed.
-The writer records itself in `.tmp-<id>/.owner` (pid, host) and holds a lock on it, so a temp folder left by a
-killed process can be told from a run in progress (`vqclip runs list` counts them, `vqclip runs clean` removes
-them).
+`output/<YYYYmmddTHHMMSS>-<8 url-safe chars>/` holds output.png, anim.mp4, details.json (the run record,
+`vqclip.record`), state.pt (`vqclip.state`) and copies of input images. A run is assembled in a hidden
+`.tmp-<id>` folder (`vqclip.tempruns`) and renamed into place at the end, so a crash or a full disk never leaves a
+half-written run folder; every file inside is itself written to a temporary name and renamed.
 
 Reading is defensive: a run folder, details.json or output.png that is a symlink is never followed (it could
 lead out of the run or the output folder), and a FIFO or folder where a file belongs is named as such.
@@ -15,30 +14,22 @@ Imports nothing heavy (the gallery and `runs list` must not import torch).
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import secrets
 import shutil
-import socket
 import string
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from vqclip import files
 from vqclip.errors import VqclipError
-from vqclip.files import atomic_write_json, is_plain_file, path_problem, read_regular
-
-DETAILS = "details.json"
-IMAGE = "output.png"
-VIDEO = "anim.mp4"
-STATE = "state.pt"
-SCHEMA = 1
-TMP_PREFIX = ".tmp-"  # a run being written: `<output>/.tmp-<id>/`
-OWNER = ".owner"  # inside a temp run folder: {"pid", "host"} of the writer, which holds a lock on it
-STALE_AFTER_S = 600.0  # a temp folder with no owner record counts as abandoned after this long without a write
+from vqclip.files import is_plain_file, path_problem
+from vqclip.record import (DETAILS, IMAGE, SCHEMA, STATE, VIDEO, BadRun, RunRecord, parse_record, read_details,
+                           tolerant_record, write_record)
+from vqclip.tempruns import OWNER, TMP_PREFIX, claim
 
 _ALPHABET = string.ascii_letters + string.digits + "-_"
 RUN_ID_RE = re.compile(r"^\d{8}T\d{6}-[A-Za-z0-9_-]{8}$")
@@ -96,14 +87,18 @@ class RunFolder:
         except OSError as e:
             raise VqclipError(f"cannot create a run folder in {self.output_dir} ({e.strerror}); "
                               "pass --output-dir to a writable folder") from None
-        self._lock = _claim(self.path)
+        self._lock = claim(self.path)
         return self
 
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def write_details(self, details: dict[str, Any]) -> None:
-        atomic_write_json(self.file(DETAILS), details)
+    def write(self, name: str, data: bytes) -> None:
+        """A file of the run, written whole or not at all."""
+        files.atomic_write_bytes(self.file(name), data)
+
+    def write_record(self, record: RunRecord) -> None:
+        write_record(self.file(DETAILS), record)
 
     def commit(self) -> Path:
         """Move the finished folder into place; the id is unique so nothing is ever overwritten."""
@@ -121,6 +116,17 @@ class RunFolder:
             shutil.rmtree(self.path, ignore_errors=True)
         self._release()
 
+    def write_failed(self, exc: OSError) -> VqclipError:
+        """The one line for a write that failed (a full disk, a folder made read-only mid-run); the caller has
+        discarded the temporary folder, so nothing half-written is left."""
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        fix = {errno.ENOSPC: "free some disk space and run it again",
+               errno.EDQUOT: "free some disk space (or raise the quota) and run it again",
+               errno.EACCES: f"check the permissions of {self.output_dir}",
+               errno.EPERM: f"check the permissions of {self.output_dir}",
+               errno.EROFS: "choose a writable --output-dir"}.get(exc.errno or 0, "check the folder and run it again")
+        return VqclipError(f"could not write run {self.id} in {self.output_dir}: {reason}; {fix}")
+
     def _release(self) -> None:
         fd = getattr(self, "_lock", None)
         self._lock = None
@@ -132,151 +138,36 @@ class RunFolder:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Temporary run folders left behind by a killed process (`vqclip runs clean`)
-
-
-def _claim(folder: Path) -> int | None:
-    """Write `folder/.owner` (pid, host) and hold an exclusive lock on it for as long as this process lives
-    (or until commit/discard), so `runs clean` can tell a run in progress from one whose writer was killed."""
-    try:
-        fd = os.open(folder / OWNER, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    except OSError:
-        return None
-    try:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except (ImportError, OSError):
-        pass  # no flock here (Windows, some network filesystems): the pid record still tells
-    try:
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
-    except OSError:
-        pass
-    return fd
-
-
-@dataclass
-class TempFolder:
-    """A `.tmp-*` folder in the output folder, and whether its writer is gone (`stale`), with why."""
-
-    path: Path
-    stale: bool
-    why: str
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists, owned by someone else (or cannot tell: assume alive)
-    return True
-
-
-def _newest_write(folder: Path) -> float:
-    newest = os.lstat(folder).st_mtime
-    try:
-        with os.scandir(folder) as it:
-            for entry in it:
-                try:
-                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
-                except OSError:
-                    pass
-    except OSError:
-        pass
-    return newest
-
-
-def temp_status(folder: Path, now: float | None = None, stale_after: float = STALE_AFTER_S) -> TempFolder:
-    """Is the writer of this temp run folder gone? Its lock is free and its pid is dead (or on another host
-    and silent), or, with no owner record, nothing in it was written for `stale_after` seconds."""
-    now = time.time() if now is None else now
-    owner = folder / OWNER
-    try:
-        fd = os.open(owner, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        fd = None
-    if fd is not None:
-        try:
-            try:
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                locked = False
-            except BlockingIOError:
-                locked = True
-            except (ImportError, OSError):
-                locked = None  # cannot tell from the lock: go by the pid
-            try:
-                record = json.loads(os.read(fd, 4096) or b"{}")
-            except (OSError, ValueError):
-                record = {}
-        finally:
-            os.close(fd)
-        pid = record.get("pid") if isinstance(record, dict) else None
-        host = record.get("host") if isinstance(record, dict) else None
-        if locked:
-            return TempFolder(folder, False, f"in use by process {pid}")
-        if isinstance(pid, int) and not isinstance(pid, bool) and host == socket.gethostname():
-            if locked is None and _pid_alive(pid):
-                return TempFolder(folder, False, f"in use by process {pid}")
-            return TempFolder(folder, True, f"its process {pid} is gone")
-        if locked is False:
-            return TempFolder(folder, True, "its writer is gone (lock free)")
-    idle = now - _newest_write(folder)
-    if idle >= stale_after:
-        return TempFolder(folder, True, f"untouched for {_ago(idle)}")
-    return TempFolder(folder, False, f"written {_ago(idle)} ago; may be in progress")
-
-
-def _ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.0f} h"
-    return f"{seconds / 86400:.0f} days"
-
-
-def temp_folders(output_dir: str | Path, now: float | None = None) -> list[TempFolder]:
-    """The `.tmp-*` folders (real folders, never symlinks) in the output folder, oldest name first."""
-    out = Path(output_dir)
-    found = []
-    try:
-        with os.scandir(out) as it:
-            entries = [e for e in it if e.name.startswith(TMP_PREFIX) and e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []
-    for entry in sorted(entries, key=lambda e: e.name):
-        try:
-            found.append(temp_status(Path(entry.path), now))
-        except OSError:
-            continue
-    return found
-
-
-def remove_temp(folder: TempFolder) -> None:
-    """Delete an abandoned temp folder (its own files only: rmtree never follows symlinks inside it)."""
-    shutil.rmtree(folder.path)
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Reading runs back
 
 
 @dataclass
 class RunInfo:
-    """A run folder read back from disk; `details` is the parsed details.json."""
+    """A run folder read back from disk. `details` is details.json as found (what `runs show --json` prints);
+    `record` is its typed view, with every field of the wrong type left at its default and set aside in `odd`
+    as found, so listing and showing never fail on one odd run. A command that acts on the run (`continue`)
+    takes `checked()`, which refuses those fields in one line instead."""
 
     path: Path
     details: dict[str, Any] = field(default_factory=dict)
+    record: RunRecord = field(init=False, repr=False)
+    odd: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.record, self.odd = tolerant_record(self.details)
+
+    @classmethod
+    def of(cls, path: Path, record: RunRecord) -> RunInfo:
+        """A run just written (its record in hand)."""
+        return cls(path, record.model_dump(mode="json"))
+
+    def checked(self) -> RunRecord:
+        """The record, or a one-line BadRun naming details.json and its first field of the wrong type."""
+        return parse_record(self.details, self.path / DETAILS) if self.odd else self.record
+
+    def shown(self, name: str) -> Any:
+        """A top-level field to display: the typed value, or what the file holds there when of the wrong type."""
+        return self.odd[name] if name in self.odd else getattr(self.record, name, None)
 
     @property
     def id(self) -> str:
@@ -284,30 +175,28 @@ class RunInfo:
 
     @property
     def status(self) -> str:
-        return str(self.details.get("status", "unknown"))
+        return self.record.status
 
     @property
     def prompt(self) -> str:
-        prompt = self.details.get("prompt")
-        if not isinstance(prompt, str):
-            config = self.details.get("config")
-            prompt = config.get("prompt") if isinstance(config, dict) else None
+        if self.record.prompt is not None:
+            return self.record.prompt
+        prompt = (self.record.config or {}).get("prompt")
         return prompt if isinstance(prompt, str) else ""
 
     @property
     def parent(self) -> str | None:
-        parent = self.details.get("parent")
-        return parent if isinstance(parent, str) and is_run_id(parent) else None
+        parent = self.record.parent
+        return parent if parent is not None and is_run_id(parent) else None
 
     @property
     def root(self) -> str:
-        root = self.details.get("root")
-        return root if isinstance(root, str) and is_run_id(root) else self.id
+        root = self.record.root
+        return root if root is not None and is_run_id(root) else self.id
 
     @property
     def stage(self) -> int:
-        stage = self.details.get("stage")
-        return stage if isinstance(stage, int) and not isinstance(stage, bool) and stage >= 1 else 1
+        return self.record.stage
 
     @property
     def image(self) -> Path:
@@ -318,40 +207,9 @@ class RunInfo:
         return is_plain_file(self.path / STATE)
 
 
-class BadRun(VqclipError):
-    """A folder that looks like a run but whose details.json is missing or corrupt."""
-
-    def __init__(self, message: str, path: Path | None = None, reason: str = "corrupt") -> None:
-        # reason: "missing" | "corrupt" | "symlink" (a linked folder or details.json, never followed) | "not-file"
-        super().__init__(message)
-        self.path = path
-        self.reason = reason
-
-
-def read_details(folder: Path) -> dict[str, Any]:
-    """details.json parsed; it must be a regular file inside the folder (a symlink is never followed)."""
-    path = folder / DETAILS
-    try:
-        raw = read_regular(path)
-    except FileNotFoundError:
-        raise BadRun(f"{path} is missing; {folder} is not a vqclip run folder", folder, "missing") from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise BadRun(f"{path} is a symlink, which vqclip does not follow; replace it with the file itself or "
-                         "remove that run folder", folder, "symlink") from None
-        why = e.strerror or type(e).__name__
-        reason = "not-file" if e.errno in (errno.EINVAL, errno.EISDIR) else "corrupt"
-        raise BadRun(f"{path} {why if reason == 'not-file' else f'is unreadable ({why})'}; fix or remove that "
-                     "run folder", folder, reason) from None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also a 5,000-digit number
-        first = (str(e).splitlines() or [""])[0][:120]
-        raise BadRun(f"{path} is corrupt ({type(e).__name__}: {first}); fix or remove that run folder",
-                     folder) from None
-    if not isinstance(data, dict):
-        raise BadRun(f"{path} is corrupt (not a JSON object); fix or remove that run folder", folder)
-    return data
+def read_run(folder: Path) -> RunInfo:
+    """The run in `folder` (details.json a regular file, never followed through a symlink)."""
+    return RunInfo(folder, read_details(folder))
 
 
 def run_folders(output_dir: str | Path, links: list[Path] | None = None) -> list[Path]:
@@ -391,7 +249,7 @@ def scan_runs(output_dir: str | Path) -> tuple[list[RunInfo], list[BadRun]]:
     links: list[Path] = []
     for folder in run_folders(output_dir, links):
         try:
-            good.append(RunInfo(folder, read_details(folder)))
+            good.append(read_run(folder))
         except BadRun as e:
             bad.append(e)
     bad += [_linked(p) for p in links]
@@ -412,7 +270,7 @@ def find_run(ref: str, output_dir: str | Path) -> RunInfo:
         if as_path.is_dir():
             if not (as_path / DETAILS).exists() and not (as_path / DETAILS).is_symlink():
                 raise VqclipError(f"{as_path} is not a run folder (no {DETAILS}); see `vqclip runs list`")
-            return RunInfo(as_path, read_details(as_path))
+            return read_run(as_path)
         problem = path_problem(as_path, "folder")
         if problem and as_path.exists():
             raise VqclipError(f"{as_path} {problem.replace('folder', 'run folder')}; give a run folder or a run id "
@@ -434,7 +292,7 @@ def find_run(ref: str, output_dir: str | Path) -> RunInfo:
         shown = ", ".join(p.name for p in matches[:10])
         more = f" (+{len(matches) - 10} more)" if len(matches) > 10 else ""
         raise VqclipError(f"run prefix {ref!r} is ambiguous: {shown}{more}; give more characters")
-    return RunInfo(matches[0], read_details(matches[0]))
+    return read_run(matches[0])
 
 
 def lineage(run: RunInfo, output_dir: str | Path) -> list[RunInfo]:
@@ -446,8 +304,12 @@ def lineage(run: RunInfo, output_dir: str | Path) -> list[RunInfo]:
         if folder.is_symlink():
             break
         try:
-            chain.insert(0, RunInfo(folder, read_details(folder)))
+            chain.insert(0, read_run(folder))
         except BadRun:
             break
         seen.add(chain[0].id)
     return chain
+
+
+__all__ = ["DETAILS", "IMAGE", "VIDEO", "STATE", "SCHEMA", "BadRun", "RunFolder", "RunInfo", "check_output_dir",
+           "find_run", "is_run_id", "lineage", "new_run_id", "read_details", "read_run", "run_folders", "scan_runs"]

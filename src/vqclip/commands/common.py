@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from typing import Any, Callable, TypeVar
 
@@ -19,17 +20,36 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 out_console = Console(highlight=False, soft_wrap=True)
 
 
+# C0/C1 controls (ESC starts terminal sequences; a newline would break the one line), DEL, lone surrogates,
+# line/paragraph separators, bidi overrides and the BOM: shown as escapes, never sent raw to the terminal.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def safe(text: object) -> str:
+    """`text` with every character a terminal would act on shown as an escape (`\\x1b`, `\\n`, `\\u202e`)."""
+    def one(m: re.Match[str]) -> str:
+        ch = m.group()
+        return _NAMED.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+
+    return _UNSAFE.sub(one, text if isinstance(text, str) else str(text))
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print `Error: message` on one line to stderr (the message never read as Rich markup); return the Exit."""
+    """Print `Error: message` on one line to stderr (never read as Rich markup, control characters shown as
+    escapes); return the Exit."""
     from rich.text import Text
 
-    err_console.print(Text.assemble(("Error:", "bold red"), " ", message), highlight=False)
+    err_console.print(Text.assemble(("Error:", "bold red"), " ", safe(message)), highlight=False)
     return typer.Exit(code)
 
 
 def _is_validation_error(exc: BaseException) -> bool:
     pydantic = sys.modules.get("pydantic")
     return pydantic is not None and isinstance(exc, pydantic.ValidationError)
+
+
+STOP_REPORTED: list[int] = []  # exit codes of stops already announced ("Interrupted.", "Terminated.")
 
 
 def handle_errors(func: F) -> F:
@@ -43,9 +63,11 @@ def handle_errors(func: F) -> F:
         except VqclipError as e:
             raise fail(e.message, e.exit_code) from None
         except Terminated:
+            STOP_REPORTED.append(143)
             err_console.print("Terminated.", markup=False)
             raise typer.Exit(143) from None
         except KeyboardInterrupt:
+            STOP_REPORTED.append(130)
             err_console.print("Interrupted.", markup=False)
             raise typer.Exit(130) from None
         except OSError as e:
@@ -55,9 +77,10 @@ def handle_errors(func: F) -> F:
                 raise
             from vqclip.config import validation_lines
 
-            for line in validation_lines(e):
-                fail(line)
-            raise typer.Exit(1) from None
+            lines = validation_lines(e)
+            more = [line.split(":")[0] for line in lines[1:]]
+            also = f" (also wrong: {', '.join(more)})" if more else ""
+            raise fail(f"{lines[0] if lines else e}{also}") from None
 
     return wrapper  # type: ignore[return-value]
 

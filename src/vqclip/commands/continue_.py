@@ -75,6 +75,8 @@ def continue_run(
     """
     from vqclip.commands.progress import RichReporter, StopOnInterrupt, report_interrupted, report_outcome
     from vqclip.pipeline.resume import continue_run as run_continue
+    from vqclip.errors import UsageError
+    from vqclip.pipeline.resume import RESIZE_MODES, inherit_config
     from vqclip.runs import find_run
 
     flags = O.overrides(
@@ -87,10 +89,17 @@ def continue_run(
     if resize is not None:
         resize = resize.strip().lower()
     parent = find_run(run, output_dir or Path("output"))
-    reporter = RichReporter(quiet=quiet, label="continuing")
-    reporter.note(f"continuing {parent.id} (stage {parent.stage}, {parent.status}, "
-                  f"step {parent.details.get('global_step', '?')})")
+    record = parent.checked()  # a details.json field of the wrong type: one line naming it, before anything else
+    if resize is not None and resize not in RESIZE_MODES:
+        raise UsageError(f"--resize {resize!r}: use crop, pad or stretch")
+    inherit_config(parent, flags, config)  # a bad flag or --config: one line, before torch loads
+    reporter = RichReporter(quiet=quiet, label="continuing", intro=(
+        f"continuing {parent.id} (stage {parent.stage}, {parent.status}, "
+        f"step {'?' if record.global_step is None else record.global_step})"))
+    import vqclip.engine  # noqa: F401  torch loads here, where a Ctrl-C simply ends the command (see StopOnInterrupt)
+
     with StopOnInterrupt() as stop:
+        reporter.stop = stop
         outcome = run_continue(parent, flags, resize=resize, config_file=config, output_dir=output_dir,
                                weights_dir=weights_dir, download=not no_download,
                                trusted=list(trust_checkpoint or []), should_stop=stop, reporter=reporter)

@@ -16,7 +16,8 @@ ROWS = (("runtime (torch, libraries)", "runtime"), ("weights", "weights"),
 
 
 def show_estimate(config: Any, *, weights_dir: Optional[Path] = None) -> None:
-    from vqclip.pipeline.memory import dry_run, fmt
+    from vqclip.pipeline.budget import dry_run
+    from vqclip.pipeline.memory import fmt
 
     est = dry_run(config, weights_dir=weights_dir, on_note=lambda line: out_console.print(line, markup=False))
     table = Table(title=f"Estimated peak memory: {est.width}x{est.height}, cutn {config.cutn}, {config.model} + "

@@ -80,6 +80,7 @@ def generate(
 
         show_estimate(cfg, weights_dir=weights_dir)
         return
+    _check_paths(cfg, output_dir)
     trusted = list(trust_checkpoint or [])
     if then or "^" in cfg.prompt:
         if stage_steps is not None and steps is None:  # --stage-steps alone sets every stage, the first too
@@ -87,13 +88,34 @@ def generate(
         _stages(cfg, list(then or []), stage_steps, output_dir=output_dir, weights_dir=weights_dir,
                 download=not no_download, trusted=trusted, quiet=quiet)
         return
+    import vqclip.engine  # noqa: F401  torch loads here, where a Ctrl-C simply ends the command (see StopOnInterrupt)
+
     with StopOnInterrupt() as stop:
         outcome = execute(RunRequest(config=cfg, output_dir=output_dir, weights_dir=weights_dir,
                                      download=not no_download, trusted=trusted, should_stop=stop),
-                          RichReporter(quiet=quiet))
+                          RichReporter(quiet=quiet, stop=stop))
     report_outcome(outcome)
     if outcome.status == "interrupted":
         report_interrupted(stop, "the partial run above was saved; `vqclip continue` picks it up.")
+
+
+def _check_paths(cfg: object, output_dir: Path) -> None:
+    """Input images and the output folder that cannot be what they should (a folder, a FIFO, missing): one line
+    now, before torch and the models load (the pipeline checks them again, and reads the images)."""
+    from vqclip.errors import VqclipError
+    from vqclip.files import path_problem
+    from vqclip.runs import check_output_dir
+
+    refs = [("init image", cfg.init_image)] if cfg.init_image else []  # type: ignore[attr-defined]
+    refs += [("image prompt", spec.path) for spec in cfg.image_prompt_specs]  # type: ignore[attr-defined]
+    for what, ref in refs:
+        if ref.startswith(("http://", "https://")):
+            continue
+        problem = path_problem(Path(ref).expanduser())
+        if problem is not None:
+            problem = "not found" if problem == "does not exist" else problem
+            raise VqclipError(f"{what} {ref} {problem}; check the path")
+    check_output_dir(output_dir)
 
 
 def _stages(cfg: object, then: list[str], stage_steps: Optional[int], *, output_dir: Path,
@@ -101,23 +123,25 @@ def _stages(cfg: object, then: list[str], stage_steps: Optional[int], *, output_
     """A chain of stages: a header line per stage, the outcome of each, the combined video at the end."""
     from rich.markup import escape
 
-    from vqclip.commands.common import err_console, out_console
+    from vqclip.commands.common import err_console, out_console, safe
     from vqclip.commands.progress import RichReporter, StopOnInterrupt, report_interrupted, report_outcome
     from vqclip.pipeline.stages import plan_stages, run_stages
 
     plan = plan_stages(cfg, then, stage_steps)  # type: ignore[arg-type]
+    import vqclip.engine  # noqa: F401  torch loads here, where a Ctrl-C simply ends the command (see StopOnInterrupt)
 
     def reporter_for(index: int, total: int, prompt: str) -> RichReporter:
         label = f"stage {index + 1}/{total}"
-        err_console.print(f"[bold]{label}:[/] {escape(prompt)}", highlight=False)
-        return RichReporter(quiet=quiet, label=label)
+        err_console.print(f"[bold]{label}:[/] {escape(safe(prompt))}", highlight=False)
+        stop.armed = False  # the stages before are saved: until this one steps, a Ctrl-C ends the chain at once
+        return RichReporter(quiet=quiet, label=label, stop=stop)
 
     with StopOnInterrupt() as stop:
         result = run_stages(plan, output_dir=output_dir, weights_dir=weights_dir, download=download,
                             trusted=trusted, should_stop=stop, reporter_for=reporter_for,
                             on_outcome=report_outcome)
     if result.video is not None:
-        out_console.print(f"Chain video ({len(result.outcomes)} stages): {escape(str(result.video))}")
+        out_console.print(f"Chain video ({len(result.outcomes)} stages): {escape(safe(result.video))}")
     if result.interrupted:
         skipped = result.total - len(result.outcomes)
         later = f", {skipped} later stage(s) skipped" if skipped else ""

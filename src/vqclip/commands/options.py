@@ -1,4 +1,4 @@
-"""Typer options shared by `generate` and `continue`; help texts come from RunConfig's descriptions."""
+"""Typer options shared by `generate` and `continue`; help texts come from `vqclip.knobs` (as RunConfig's do)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from vqclip.config import field_help
+from vqclip.knobs import field_help  # not vqclip.config: `--help` must not load pydantic
 
 
 def _o(field: str, *names: str, **kw: Any) -> Any:

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import typer
 
-from vqclip.commands.common import err_console, out_console
+from vqclip.commands.common import err_console, out_console, safe
 from vqclip.errors import Terminated
 from vqclip.pipeline.execute import Reporter
 
@@ -20,19 +20,35 @@ from vqclip.pipeline.execute import Reporter
 class RichReporter(Reporter):
     """step/total, loss, it/s and ETA on stderr; `quiet` keeps only the notes."""
 
-    def __init__(self, console: Console | None = None, quiet: bool = False, label: str = "") -> None:
+    def __init__(self, console: Console | None = None, quiet: bool = False, label: str = "",
+                 stop: StopOnInterrupt | None = None, intro: str = "") -> None:
         self.console = console or err_console
         self.quiet = quiet
         self.label = label
+        self.stop = stop  # armed by the first step: from then on a Ctrl-C finishes the step and saves
+        self.intro = intro  # a first note, held back until the run says something (an error comes alone)
         self._progress: Progress | None = None
         self._task: Any = None
+
+    def _say_intro(self) -> None:
+        if self.intro:
+            intro, self.intro = self.intro, ""
+            self.note(intro)
 
     def note(self, message: str) -> None:
         from rich.text import Text
 
-        self.console.print(Text.assemble(("•", "dim"), " ", message), highlight=False)  # never read as markup
+        self._say_intro()
+        self.console.print(Text.assemble(("•", "dim"), " ", safe(message)), highlight=False)  # never read as markup
+
+    def transfer(self) -> Any:
+        """A Rich bar for downloads and hashing of weights (bytes, rate, ETA), shown even when quiet."""
+        from vqclip.commands.weights import RichTransfer
+
+        return RichTransfer(self.console)
 
     def start(self, total: int, run_id: str) -> None:
+        self._say_intro()
         if self.quiet:
             return
         self._progress = Progress(
@@ -51,6 +67,8 @@ class RichReporter(Reporter):
         self._task = self._progress.add_task("run", total=total, loss="—", rate="")
 
     def step(self, info: Any) -> None:
+        if self.stop is not None:
+            self.stop.armed = True
         if self._progress is None:
             return
         rate = 1.0 / info.seconds if info.seconds > 0 else 0.0
@@ -68,12 +86,17 @@ class StopOnInterrupt:
     (KeyboardInterrupt, or Terminated for SIGTERM), saving nothing. `exit_code` is 130 after Ctrl-C, 143 after
     SIGTERM.
 
+    Until `armed` (set when the first step of a run is reported: see RichReporter) there is nothing to save, so
+    the first signal aborts at once too: a Ctrl-C while torch imports or the models load ends the command then
+    (the pipeline removes a run folder it had begun), instead of after the loading, with a 0-step run folder.
+
     Installed only while a run is going (no import-time signal handlers)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, console: Console | None = None) -> None:
         self.requested = False
+        self.armed = False
         self.signum: int | None = None
         self.console = console or err_console
         self._previous: dict[int, Any] = {}
@@ -86,7 +109,7 @@ class StopOnInterrupt:
         return 143 if self.signum == signal.SIGTERM else 130
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:
+        if self.requested or not self.armed:
             raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         self.requested = True
         self.signum = signum
@@ -111,11 +134,14 @@ def report_outcome(outcome: Any) -> None:
     o = outcome
     steps = f"{o.steps_done} step{'s' if o.steps_done != 1 else ''}"
     out_console.print(f"Run {o.id} {o.status}: {steps} (total {o.global_step}) in "
-                      f"{o.details['timings']['total_s']:.1f} s", markup=False)
-    out_console.print(f"{o.path}{'/'}output.png", markup=False)
+                      f"{o.record.timings.total_s or 0:.1f} s", markup=False)
+    out_console.print(safe(f"{o.path}{'/'}output.png"), markup=False)
 
 
 def report_interrupted(stop: StopOnInterrupt, message: str) -> None:
     """After a run saved as interrupted: say so, and exit 130 (Ctrl-C) or 143 (SIGTERM)."""
-    err_console.print(f"Interrupted: {message}", markup=False)
+    from vqclip.commands.common import STOP_REPORTED
+
+    err_console.print(f"Interrupted: {safe(message)}", markup=False)
+    STOP_REPORTED.append(stop.exit_code)
     raise typer.Exit(stop.exit_code)

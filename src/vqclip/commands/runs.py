@@ -19,8 +19,9 @@ from typing import Any
 import typer
 
 from vqclip.commands.common import CONTEXT, err_console, handle_errors, out_console
-from vqclip.runs import (BadRun, RunInfo, check_output_dir, find_run, lineage, remove_temp, scan_runs,
-                         temp_folders)
+from vqclip.record import DETAILS
+from vqclip.runs import BadRun, RunInfo, check_output_dir, find_run, lineage, scan_runs
+from vqclip.tempruns import remove_temp, temp_folders
 
 app = typer.Typer(help="List, inspect and clean up run folders.", context_settings=CONTEXT, no_args_is_help=True,
                   add_completion=False, rich_markup_mode="rich")
@@ -72,8 +73,8 @@ def dumps(obj: Any) -> str:
 
 def _when(run: RunInfo) -> str:
     """Local time the run was created ('YYYY-mm-dd HH:MM:SS'), from details.json, else from the id."""
-    created = run.details.get("created")
-    if isinstance(created, str):
+    created = run.record.created
+    if created is not None:
         try:
             return datetime.fromisoformat(created).strftime("%Y-%m-%d %H:%M:%S")
         except ValueError:
@@ -85,29 +86,31 @@ def _when(run: RunInfo) -> str:
 
 
 def _size(run: RunInfo) -> str:
-    size = run.details.get("size")
-    if isinstance(size, list) and len(size) == 2:
+    """`WxH`; a size of the wrong type is shown as found (escaped later), else the config's."""
+    size = run.shown("size")
+    if isinstance(size, (list, tuple)) and len(size) == 2:
         return f"{_short(str(size[0]), 12)}x{_short(str(size[1]), 12)}"
-    cfg = run.details.get("config") or {}
-    return f"{cfg.get('width', '?')}x{cfg.get('height', '?')}" if isinstance(cfg, dict) else "?"
+    cfg = run.record.config or {}
+    return f"{cfg.get('width', '?')}x{cfg.get('height', '?')}"
 
 
 def _steps(run: RunInfo) -> str:
     """Global step (the image's total); an interrupted run also shows how far this run got."""
-    d = run.details
-    total = d.get("global_step", d.get("steps_done"))
-    if run.status == "interrupted" and d.get("steps_planned") is not None:
-        return f"{total} ({d.get('steps_done')}/{d.get('steps_planned')})"
+    total = run.shown("global_step")
+    if total is None:
+        total = run.shown("steps_done")
+    if run.status == "interrupted" and run.shown("steps_planned") is not None:
+        return f"{total} ({run.shown('steps_done')}/{run.shown('steps_planned')})"
     return "" if total is None else str(total)
 
 
 def row(run: RunInfo) -> dict[str, Any]:
-    """One run as plain values (the JSON of `runs list`)."""
-    d = run.details
-    return {"id": run.id, "time": _when(run), "status": run.status, "steps": d.get("global_step"),
-            "steps_done": d.get("steps_done"), "steps_planned": d.get("steps_planned"), "size": _size(run),
+    """One run as plain values (the JSON of `runs list`); a field of the wrong type is null here."""
+    r = run.record
+    return {"id": run.id, "time": _when(run), "status": run.status, "steps": r.global_step,
+            "steps_done": r.steps_done, "steps_planned": r.steps_planned, "size": _size(run),
             "prompt": run.prompt, "parent": run.parent, "root": run.root, "stage": run.stage,
-            "seed": d.get("seed"), "path": str(run.path)}
+            "seed": r.seed, "path": str(run.path)}
 
 
 _WHY = {"missing": "no details.json", "corrupt": "corrupt details.json", "symlink": "symlink, not followed",
@@ -240,11 +243,14 @@ def _join(value: Any) -> str | None:
     return str(value) if value else None
 
 
-def _loss(losses: Any) -> str | None:
-    if isinstance(losses, list) and losses and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                   for x in (losses[0], losses[-1])):
-        return f"{losses[0]:.4f} → {losses[-1]:.4f}"
-    return None
+def _loss(losses: list[float | None]) -> str | None:
+    """First → last loss (steps whose loss was not finite, recorded as null, left out)."""
+    finite = [x for x in losses if x is not None]
+    return f"{finite[0]:.4f} → {finite[-1]:.4f}" if finite else None
+
+
+def _or_q(value: Any) -> Any:
+    return "?" if value is None else value
 
 
 @app.command("show", context_settings=CONTEXT)
@@ -272,39 +278,41 @@ def show_run(
         data["children"] = [row(r) for r in children]
         sys.stdout.write(dumps(data) + "\n")
         return
-    d = info.details
-    cfg = d.get("config") if isinstance(d.get("config"), dict) else {}
-    weights = d.get("weights") if isinstance(d.get("weights"), dict) else {}
-    timings = d.get("timings") if isinstance(d.get("timings"), dict) else {}
-    files = d.get("files") if isinstance(d.get("files"), dict) else {}
-    sha = weights.get("sha256")
-    sha = sha if isinstance(sha, str) else None
+    rec = info.record
+    cfg = rec.config or {}
+    sha = rec.weights.sha256
+    timings = rec.timings
+    error = info.shown("error")
     fields: list[tuple[str, Any]] = [
         ("id", info.id),
         ("folder", str(info.path)),
-        ("status", info.status + (f" ({d['error']})" if d.get("error") else "")),
+        ("status", info.status + (f" ({error})" if error else "")),
         ("created", _when(info)),
         ("prompt", info.prompt or "—"),
         ("image prompts", _join(cfg.get("image_prompts"))),
         ("noise prompts", _join(cfg.get("noise_prompts"))),
         ("size", _size(info)),
-        ("steps", f"{d.get('steps_done')} of {d.get('steps_planned')} planned; image total {d.get('global_step')}"),
-        ("seed", d.get("seed")),
-        ("model", f"{weights.get('name') or cfg.get('model')}" + (f" (sha256 {sha[:12]}…)" if sha else "")),
+        ("steps", f"{info.shown('steps_done')} of {info.shown('steps_planned')} planned; image total "
+                  f"{info.shown('global_step')}"),
+        ("seed", info.shown("seed")),
+        ("model", f"{rec.weights.name or cfg.get('model')}" + (f" (sha256 {sha[:12]}…)" if sha else "")),
         ("clip", f"{cfg.get('clip_model')} / {cfg.get('clip_pretrained')}"),
         ("settings", " · ".join(f"{k} {cfg[k]}" for k in ("cutn", "cut_pow", "lr", "optimizer", "init_weight",
                                                             "tv_weight") if k in cfg)),
-        ("device", f"{d.get('device', '?')} · {d.get('precision', '?')}"),
-        ("time", f"{timings.get('total_s', '?')} s total, {timings.get('per_step_s', '?')} s/step"
-         if timings else None),
-        ("loss", _loss(d.get("losses"))),
-        ("files", ", ".join(str(v) for k, v in files.items() if v and isinstance(v, str))),
+        ("device", f"{info.shown('device') or '?'} · {info.shown('precision') or '?'}"),
+        ("time", f"{_or_q(timings.total_s)} s total, {_or_q(timings.per_step_s)} s/step"
+         if timings.total_s is not None or timings.per_step_s is not None else None),
+        ("loss", _loss(rec.losses)),
+        ("files", ", ".join(str(v) for v in rec.files.model_dump(mode="json").values() if v and isinstance(v, str))),
     ]
-    cont = d.get("continue")
-    if isinstance(cont, dict):
+    cont = rec.continue_
+    if cont is not None:
         how = {"state": "its saved state", "output.png": "its output.png, re-encoded",
-               "stretch": "its output.png, resized and re-encoded"}.get(str(cont.get("start")), cont.get("start"))
-        fields.append(("continues", f"{cont.get('from')} at step {cont.get('from_step')}, from {how}"))
+               "stretch": "its output.png, resized and re-encoded"}.get(str(cont.start), cont.start)
+        fields.append(("continues", f"{cont.from_} at step {cont.from_step}, from {how}"))
+    if info.odd:
+        err_console.print(f"[yellow]note:[/] {_markup(info.path / DETAILS)} has fields of the wrong type, shown "
+                          f"as found: {_markup(', '.join(sorted(info.odd)))}", highlight=False)
     for key, value in fields:
         if value is not None and value != "":
             out_console.print(f"[bold]{key + ':':<14}[/] {_markup(value)}", highlight=False)

@@ -35,13 +35,13 @@ def selftest(
     for name, ok, detail in report.checks:
         table.add_row(name, "[green]ok[/]" if ok else "[red]FAILED[/]", escape(detail))
     out_console.print(table)
-    v, details = report.versions, report.details
-    timings = details.get("timings") or {}
-    out_console.print(f"device {details.get('device')} · torch {v.get('torch')} · open_clip {v.get('open_clip')} · "
+    v, record = report.versions, report.record
+    timings = record.timings
+    out_console.print(f"device {record.device} · torch {v.get('torch')} · open_clip {v.get('open_clip')} · "
                       f"python {v.get('python')} · vqclip {v.get('vqclip')}", markup=False)
-    out_console.print(f"tiny models built in {report.build_s:.2f} s · load {timings.get('load_s', 0):.2f} s · "
-                      f"{timings.get('per_step_s') or 0:.3f} s/step (64x64, cutn 8) · run "
-                      f"{timings.get('total_s', 0):.2f} s", markup=False)
+    out_console.print(f"tiny models built in {report.build_s:.2f} s · load {timings.load_s or 0:.2f} s · "
+                      f"{timings.per_step_s or 0:.3f} s/step (64x64, cutn 8) · run "
+                      f"{timings.total_s or 0:.2f} s", markup=False)
     if report.folder is not None:
         out_console.print(f"run folder kept: {report.folder}", markup=False)
     out_console.print("[bold green]selftest passed[/]" if report.ok else "[bold red]selftest failed[/]")

@@ -1,23 +1,33 @@
-"""`vqclip weights …`: list, download, verify, path, remove. All data comes from `vqclip.weights.WEIGHTS`.
+"""`vqclip weights …`: list, download, verify, path, remove. All data comes from `vqclip.weights.registry.WEIGHTS`.
 
-Imports nothing heavy at module level (`vqclip --help` must not import torch); torch comes in only to build the
-safetensors cache after a download, open_clip only for `clip:` names and to name cached CLIP weights.
+The weights package prints nothing; this module is where its notes and byte counts become Rich output
+(`rich_note`, `RichTransfer`, also used by the run reporter). Imports nothing heavy at module level (`vqclip
+--help` must not import torch); torch comes in only to build the safetensors cache after a download, open_clip
+only for `clip:` names and to name cached CLIP weights.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import typer
 
-from vqclip import downloads
-from vqclip import weights as W
 from vqclip.commands.common import CONTEXT, err_console, handle_errors, out_console
 from vqclip.errors import VqclipError
+from vqclip.weights import registry  # registry.WEIGHTS is read at call time (tests swap the table)
+from vqclip.weights.clip import ClipWeights, cached_clip_weights, download_clip
+from vqclip.weights.download import TIMEOUT, human_size
+from vqclip.weights.installed import (BROKEN, ModelStatus, all_status, registry_status, removal_targets,
+                                      remove_model, verify_model)
+from vqclip.weights.registry import WeightSpec
+from vqclip.weights.resolve import install_registry_model, resolve_model
+from vqclip.weights.store import CUSTOM, TOFU, VERIFIED, custom_models, manifest_entry
+from vqclip.weights.store import weights_dir as weights_folder
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.table import Table
 
 app = typer.Typer(help="List, download, verify and remove VQGAN weights.", context_settings=CONTEXT,
@@ -27,8 +37,49 @@ WEIGHTS_DIR = typer.Option(
     None, "--weights-dir", metavar="DIR", show_default=False,
     help="Weights folder (default: $VQCLIP_HOME/weights when VQCLIP_HOME is set, else the user cache folder).")
 
-_STATUS_STYLE = {W.VERIFIED: "green", W.TOFU: "yellow", W.CUSTOM: "cyan", "unverified": "yellow",
-                 "partial": "magenta", "missing": "dim", "no checkpoint": "red", W.BROKEN: "red"}
+_STATUS_STYLE = {VERIFIED: "green", TOFU: "yellow", CUSTOM: "cyan", "unverified": "yellow",
+                 "partial": "magenta", "missing": "dim", "no checkpoint": "red", BROKEN: "red"}
+
+
+# ------------------------------------------------------------------------------- notes and progress, in Rich
+
+
+def rich_note(console: Console) -> Callable[[str], None]:
+    """The weights package's one-line notices, printed as plain text (never read as markup)."""
+
+    def note(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    return note
+
+
+class RichTransfer:
+    """The weights package's `download.Progress` as a Rich bar: label, bar, bytes, rate, ETA. One bar at a time;
+    each `start` begins a new one (a download, then a hash)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._bar: Any = None
+        self._task: Any = None
+
+    def start(self, label: str, done: int, total: int | None) -> None:
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
+        self.stop()
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                             TimeRemainingColumn(), console=self.console, transient=False)
+        self._task = self._bar.add_task(label, total=total, completed=done)
+        self._bar.start()
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 # ---------------------------------------------------------------------------------------------------- list
@@ -52,9 +103,9 @@ def list_weights(
         vqclip weights list
         vqclip weights list --json
     """
-    folder = W.weights_dir(weights_dir)
-    rows = W.all_status(folder)
-    clips = W.cached_clip_weights() if clip else []
+    folder = weights_folder(weights_dir)
+    rows = all_status(folder)
+    clips = cached_clip_weights() if clip else []
     if as_json:
         data = [r.as_json() for r in rows] + [
             {"name": c.name, "kind": "clip", "installed": True, "status": "hf-cache", "size": c.size,
@@ -72,7 +123,7 @@ def list_weights(
                           markup=False, highlight=False)
 
 
-def _models_table(rows: list[W.ModelStatus], folder: Path) -> Table:
+def _models_table(rows: list[ModelStatus], folder: Path) -> Table:
     from rich import box
     from rich.table import Table
 
@@ -93,22 +144,22 @@ def _models_table(rows: list[W.ModelStatus], folder: Path) -> Table:
     return table
 
 
-def _size_cell(r: W.ModelStatus) -> str:
+def _size_cell(r: ModelStatus) -> str:
     if r.size is None:
         return "?"
-    spec = W.WEIGHTS.get(r.name)
+    spec = registry.WEIGHTS.get(r.name)
     approx = r.kind == "registry" and not r.installed and spec is not None and spec.size is None
-    return ("≈" if approx else "") + W.human_size(r.size)
+    return ("≈" if approx else "") + human_size(r.size)
 
 
-def _status_cell(r: W.ModelStatus) -> str:
+def _status_cell(r: ModelStatus) -> str:
     """Installed or not, and how the file was checked (the manifest's status, spelled with spaces)."""
     if r.status == "missing":
         return "[dim]not downloaded[/]"
     if r.status == "partial":
-        done = f"{100 * r.partial_bytes // r.size}%" if r.size else W.human_size(r.partial_bytes)
+        done = f"{100 * r.partial_bytes // r.size}%" if r.size else human_size(r.partial_bytes)
         return f"[magenta]partial {done}[/]"
-    if r.status == W.BROKEN:
+    if r.status == BROKEN:
         from rich.markup import escape
 
         return f"[red]broken[/]: {escape(r.problem or 'cannot load')}"
@@ -117,7 +168,7 @@ def _status_cell(r: W.ModelStatus) -> str:
     return f"[{style}]{label}[/]" if style else label
 
 
-def _file_cell(r: W.ModelStatus, folder: Path) -> str:
+def _file_cell(r: ModelStatus, folder: Path) -> str:
     path = r.ckpt_path if r.installed else (r.yaml_path or r.ckpt_path)
     try:
         return str(path.relative_to(folder))
@@ -125,10 +176,9 @@ def _file_cell(r: W.ModelStatus, folder: Path) -> str:
         return str(path)
 
 
-def _clip_table(clips: list[W.ClipWeights]) -> Table:
-    from rich.table import Table
-
+def _clip_table(clips: list[ClipWeights]) -> Table:
     from rich import box
+    from rich.table import Table
 
     table = Table(title="CLIP weights in the Hugging Face cache", title_justify="left", box=box.SIMPLE_HEAD,
                   show_edge=False, pad_edge=False)
@@ -137,7 +187,7 @@ def _clip_table(clips: list[W.ClipWeights]) -> Table:
     table.add_column("Size", justify="right", no_wrap=True)
     table.add_column("Path", overflow="fold")
     for c in clips:
-        table.add_row(c.name, c.repo, W.human_size(c.size), str(c.path))
+        table.add_row(c.name, c.repo, human_size(c.size), str(c.path))
     return table
 
 
@@ -154,7 +204,7 @@ def download(
     weights_dir: Optional[Path] = WEIGHTS_DIR,
     cache: bool = typer.Option(True, "--cache/--no-cache",
                                help="After the download, cache the VQGAN tensors as safetensors (faster loads)."),
-    timeout: float = typer.Option(downloads.TIMEOUT, "--timeout", help="Seconds to wait for a server before giving up."),
+    timeout: float = typer.Option(TIMEOUT, "--timeout", help="Seconds to wait for a server before giving up."),
 ) -> None:
     """Download VQGAN checkpoints (verified, resumable) or pre-fetch CLIP weights.
 
@@ -169,34 +219,35 @@ def download(
     """
     wanted = list(names or [])
     if all_:
-        wanted += [n for n in W.WEIGHTS if n not in wanted]
+        wanted += [n for n in registry.WEIGHTS if n not in wanted]
     if not wanted:
         raise VqclipError("name a model to download (see `vqclip weights list`), or pass --all")
-    folder = W.weights_dir(weights_dir)
+    folder = weights_folder(weights_dir)
     _check_names(wanted, folder)
     for name in wanted:
         if name.startswith("clip:"):
             err_console.print(f"Fetching CLIP weights {name} into the Hugging Face cache…", markup=False)
-            path = W.download_clip(name)
+            path = download_clip(name)
             out_console.print(f"✓ {name}: {path}", markup=False, highlight=False)
             continue
-        _download_one(W.WEIGHTS[name], folder, cache=cache, timeout=timeout)
+        _download_one(registry.WEIGHTS[name], folder, cache=cache, timeout=timeout)
 
 
 def _check_names(names: list[str], folder: Path) -> None:
     for name in names:
-        if name.startswith("clip:") or name in W.WEIGHTS:
+        if name.startswith("clip:") or name in registry.WEIGHTS:
             continue
-        if name in W.custom_models(folder):
+        if name in custom_models(folder):
             raise VqclipError(f"{name} is a custom model in {folder}; there is nothing to download")
-        raise VqclipError(f"unknown model {name!r}; registry names: {', '.join(W.WEIGHTS)} "
+        raise VqclipError(f"unknown model {name!r}; registry names: {', '.join(registry.WEIGHTS)} "
                           "(CLIP weights: clip:MODEL/TAG, e.g. clip:ViT-B-32/openai)")
 
 
-def _download_one(spec: W.WeightSpec, folder: Path, *, cache: bool, timeout: float) -> None:
-    files = W.install_registry_model(spec, folder, download=True, console=err_console, timeout=timeout)
-    entry = W.manifest_entry(folder, files.ckpt_path) or {}
-    how = "trusted on first use" if entry.get("status") == W.TOFU else "verified"
+def _download_one(spec: WeightSpec, folder: Path, *, cache: bool, timeout: float) -> None:
+    files = install_registry_model(spec, folder, download=True, note=rich_note(err_console),
+                                   progress=RichTransfer(err_console), timeout=timeout)
+    entry = manifest_entry(folder, files.ckpt_path) or {}
+    how = "trusted on first use" if entry.get("status") == TOFU else "verified"
     out_console.print(f"✓ {spec.name} {how} (sha256 {(files.sha256 or '?')[:16]}…): {files.ckpt_path}",
                       markup=False, highlight=False)
     if cache:
@@ -204,13 +255,13 @@ def _download_one(spec: W.WeightSpec, folder: Path, *, cache: bool, timeout: flo
 
 
 def _build_cache(ckpt: Path) -> None:
-    from vqclip import checkpoints
+    from vqclip.weights.checkpoint import VQGAN_KEYS, load_vqgan_state, read_cache
 
-    if checkpoints.read_cache(ckpt, checkpoints.VQGAN_KEYS) is not None:
+    if read_cache(ckpt, VQGAN_KEYS) is not None:
         return
     err_console.print(f"Caching the VQGAN tensors of {ckpt.name} as safetensors…", markup=False)
     try:
-        checkpoints.load_vqgan_state(ckpt)
+        load_vqgan_state(ckpt)
     except VqclipError as e:
         err_console.print(f"[yellow]![/] no safetensors cache: {e.message}", markup=True, highlight=False)
 
@@ -234,28 +285,26 @@ def verify(
         vqclip weights verify
         vqclip weights verify vqgan_imagenet_f16_16384
     """
+    from rich import box
     from rich.table import Table
+    from rich.text import Text
 
-    folder = W.weights_dir(weights_dir)
-    targets = list(names or [r.name for r in W.all_status(folder) if r.installed])
+    folder = weights_folder(weights_dir)
+    targets = list(names or [r.name for r in all_status(folder) if r.installed])
     if not targets:
         out_console.print(f"Nothing installed in {folder}; nothing to verify.", markup=False, highlight=False)
         return
-    results = [W.verify_model(name, folder, console=err_console) for name in targets]
-    from rich import box
-
+    results = [verify_model(name, folder, progress=RichTransfer(err_console)) for name in targets]
     table = Table(title="Verification", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("Name", style="bold", no_wrap=True)
     table.add_column("Result", no_wrap=True)
     table.add_column("Detail")
-    from rich.text import Text
-
     for r in results:
         table.add_row(r.name, "[green]ok[/]" if r.ok else "[red]bad[/]", Text(r.detail))
     out_console.print(table)
     bad = [r.name for r in results if not r.ok]
     if bad:
-        fix = (f"run `vqclip weights download {bad[0]}` to replace a bad or missing file" if bad[0] in W.WEIGHTS
+        fix = (f"run `vqclip weights download {bad[0]}` to replace a bad or missing file" if bad[0] in registry.WEIGHTS
                else f"fix or replace {bad[0]}.yaml / {bad[0]}.ckpt in {folder} (the Detail column says why)")
         raise VqclipError(f"{len(bad)} model(s) failed: {', '.join(bad)}; {fix}")
 
@@ -280,17 +329,17 @@ def path(
         vqclip weights path
         vqclip weights path vqgan_imagenet_f16_16384 --yaml
     """
-    folder = W.weights_dir(weights_dir)
+    folder = weights_folder(weights_dir)
     if name is None:
         out_console.print(str(folder), markup=False, highlight=False, soft_wrap=True)
         return
-    if name in W.WEIGHTS:
-        status = W.registry_status(W.WEIGHTS[name], folder)
+    if name in registry.WEIGHTS:
+        status = registry_status(registry.WEIGHTS[name], folder)
         target = status.yaml_path if yaml else status.ckpt_path
         if not status.installed and not yaml:
             err_console.print(f"({name} is not downloaded yet: `vqclip weights download {name}`)", markup=False)
     else:
-        files = W.resolve_model(name, weights_dir=folder, download=False)
+        files = resolve_model(name, weights_dir=folder, download=False)
         target = files.yaml_path if yaml else files.ckpt_path
     out_console.print(str(target), markup=False, highlight=False, soft_wrap=True)
 
@@ -313,16 +362,16 @@ def remove(
 
         vqclip weights remove vqgan_imagenet_f16_1024 --yes
     """
-    folder = W.weights_dir(weights_dir)
+    folder = weights_folder(weights_dir)
     if name.startswith("clip:"):
         raise VqclipError("CLIP weights live in the Hugging Face cache; remove them with `hf cache delete` "
                           "(or `huggingface-cli delete-cache`)")
-    targets = W.removal_targets(name, folder)
+    targets = removal_targets(name, folder)
     if targets and not yes:
         size = sum(p.stat().st_size for p in targets)
-        typer.confirm(f"Remove {name} ({W.human_size(size)}: {', '.join(p.name for p in targets)}) from {folder}?",
+        typer.confirm(f"Remove {name} ({human_size(size)}: {', '.join(p.name for p in targets)}) from {folder}?",
                       abort=True, err=True)
-    removed = W.remove_model(name, folder)
+    removed = remove_model(name, folder)
     for p in removed:
         out_console.print(f"removed {p}", markup=False, highlight=False)
     if not removed:

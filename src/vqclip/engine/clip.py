@@ -98,7 +98,7 @@ class ClipModel:
 def quiet_logs() -> Iterator[None]:
     """open_clip logs a root-logger WARNING for random weights (expected here, not news) and a root-logger
     ERROR before raising a download failure (which vqclip reports itself, in one line)."""
-    from vqclip.weights import quiet_root_logger
+    from vqclip.weights.clip import quiet_root_logger
 
     with quiet_root_logger():
         yield
@@ -193,23 +193,23 @@ def _check_clip_checkpoint(path: Path) -> None:
     """Refuse a CLIP checkpoint whose pickle names anything beyond torch's weights-only allow-list (it would
     run code when loaded), and name an HTML page, an empty file or a non-checkpoint, before open_clip reads it.
     Nothing is unpickled here: the pickle's opcodes are read (and torch's own scan is asked for zip archives)."""
-    from vqclip import weights as W
     from vqclip.errors import UnsafeCheckpoint
+    from vqclip.weights.pickle_scan import checkpoint_globals, checkpoint_problem, torch_safe_global
 
     if path.suffix.lower() in _NO_PICKLE:
         return
-    problem = W.checkpoint_problem(path)
+    problem = checkpoint_problem(path)
     names: list[str] = []
     if problem is None or "would run code" in problem:
         try:
-            names = W.checkpoint_globals(path)
+            names = checkpoint_globals(path)
         except Exception:  # noqa: BLE001 - checkpoint_problem has already said what it is
             names = []
         try:
             names += list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
         except Exception:  # noqa: BLE001 - legacy format: the opcode scan above covers it
             pass
-    refused = sorted({n for n in names if not W.torch_safe_global(n)})
+    refused = sorted({n for n in names if not torch_safe_global(n)})
     if refused:
         raise UnsafeCheckpoint(f"CLIP checkpoint {path} would run code when loaded (its pickle names "
                                f"{', '.join(refused[:3])}); refusing it: CLIP weights load only as plain tensors "
@@ -222,7 +222,8 @@ def load_clip(name_or_path: str, pretrained: str | None, device: torch.device | 
     """Build the CLIP model frozen in eval mode; downloads go through open_clip's Hugging Face cache."""
     import open_clip
 
-    from vqclip import weights as W
+    from vqclip.errors import one_line
+    from vqclip.weights.clip import clip_cached, clip_fetch_mode, clip_missing, hub_is_offline, hub_offline
 
     name = resolve_clip_name(name_or_path)
     arg = _pretrained_arg(name, pretrained)
@@ -231,27 +232,27 @@ def load_clip(name_or_path: str, pretrained: str | None, device: torch.device | 
     cfg: dict[str, Any] = {}
     if arg is not None and not is_file:
         cfg = open_clip.get_pretrained_cfg(name, arg) or {}
-        offline = W.clip_fetch_mode(name, arg, cfg) == "offline"
+        offline = clip_fetch_mode(name, arg, cfg) == "offline"
     kwargs: dict[str, Any] = {}
     if "weights_only" in inspect.signature(open_clip.create_model).parameters:
         kwargs["weights_only"] = True  # never a full unpickle, whatever open_clip's default
     try:
-        with quiet_logs(), W.hub_offline(offline):
+        with quiet_logs(), hub_offline(offline):
             model = open_clip.create_model(name, pretrained=arg, device=device, **kwargs)
     except (OSError, ConnectionError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
-        first = W.reason(e)
+        first = one_line(e, 240, typed=False)
         if isinstance(e, pickle.UnpicklingError):
-            from vqclip.checkpoints import _refusal
+            from vqclip.weights.checkpoint import unpickler_refusal
 
-            first = f"weights_only refused it: {_refusal(e)}"
+            first = f"weights_only refused it: {unpickler_refusal(e)}"
         if arg is not None and not is_file:
-            cached = W.clip_cached(cfg)
+            cached = clip_cached(cfg)
             if cached is not None:
                 raise WeightsMissing(
                     f"the cached CLIP weights {name}/{arg} ({cached}) cannot be loaded ({first}); remove them "
                     f"(`hf cache delete`) and run `vqclip weights download clip:{name}/{arg}`") from None
-            if W.hub_is_offline():
-                raise WeightsMissing(W.clip_missing(name, arg, cfg)) from None
+            if hub_is_offline():
+                raise WeightsMissing(clip_missing(name, arg, cfg)) from None
             raise WeightsMissing(
                 f"CLIP weights {name}/{arg} are not cached and could not be downloaded ({first}); "
                 f"connect to the internet and run `vqclip weights download clip:{name}/{arg}`") from None

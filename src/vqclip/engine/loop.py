@@ -36,28 +36,34 @@ class BadState(ValueError):
 
 @dataclass
 class LoopSettings:
-    """What the loop needs, resolved from a RunConfig (sizes floored, seed chosen)."""
+    """What the loop needs from a run. Built by `vqclip.pipeline.settings.settings_from_config`, never by hand
+    outside tests: the knobs below share their names with RunConfig's fields and have no defaults here, so a
+    run's values (and the defaults, which live with RunConfig and configs/defaults.yaml) come from one place."""
 
+    # resolved per run: the size floored to the model's factor, the seed chosen when none was given
     width: int
     height: int
     seed: int
-    cutn: int = 32
-    cut_pow: float = 1.0
-    augment: bool = True
-    noise_fac: float = 0.1
-    optimizer: str = "adam"
-    lr: float = 0.1
-    init_weight: float = 0.0
-    init_weight_decay: float = 0.0
-    init_weight_decay_every: int = 0
-    tv_weight: float = 0.0
-    save_every: int = 0
+    # the run's knobs, by RunConfig field name
+    cutn: int
+    cut_pow: float
+    augment: bool
+    noise_fac: float
+    optimizer: str
+    lr: float
+    init_weight: float
+    init_weight_decay: float
+    init_weight_decay_every: int
+    tv_weight: float
+    save_every: int
+    compile: bool  # torch.compile the CLIP image tower (falls back to eager if compiling fails)
+    # decided by the pipeline from the device, the precision and the memory plan; no RunConfig counterpart
+    # (RunConfig.low_memory may be None = "decide"), so the plain fp32, all-in-memory values are the defaults
     autocast_dtype: torch.dtype | None = None  # decoder compute dtype (None = fp32)
-    low_memory: bool = False  # checkpoint the decoder blocks (recompute in backward)
     clip_autocast_dtype: torch.dtype | None = None  # CLIP image-tower compute dtype (None = fp32)
-    compile: bool = False  # torch.compile the CLIP image tower (falls back to eager if compiling fails)
-    clip_chunk: int = 0  # >0: CLIP forward+backward over this many cutouts at a time (low memory; same gradient)
     loss_scale: float = 1.0  # constant loss scale for fp16 gradients (Precision.loss_scale)
+    low_memory: bool = False  # checkpoint the decoder blocks (recompute in backward)
+    clip_chunk: int = 0  # >0: CLIP forward+backward over this many cutouts at a time (low memory; same gradient)
 
 
 @dataclass

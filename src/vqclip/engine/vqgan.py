@@ -197,7 +197,7 @@ def build_vqgan(spec: VQGANSpec, state: dict[str, torch.Tensor], with_encoder: b
 def load_vqgan(yaml_path: str | Path, ckpt_path: str | Path, *, with_encoder: bool = False, trust: bool = False,
                device: torch.device | str = "cpu") -> VQGAN:
     """Load a VQGAN safely (weights_only, Lightning placeholders) and move it to `device`."""
-    from vqclip import checkpoints
+    from vqclip.weights import checkpoint as checkpoints
 
     spec = read_spec(yaml_path)
     loader = getattr(checkpoints, "load_vqgan_state", None)

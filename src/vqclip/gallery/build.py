@@ -31,7 +31,8 @@ from vqclip.errors import VqclipError
 from vqclip.gallery.cache import load_cache, save_cache, signature
 from vqclip.gallery.model import KNOWN_STATUSES, card_from_run, input_images, lineage_strips
 from vqclip.gallery.thumbs import THUMB_EXT, ThumbJob, make_thumbnails
-from vqclip.runs import DETAILS, IMAGE, VIDEO, BadRun, RunInfo, read_details, run_folders
+from vqclip.record import DETAILS, IMAGE, VIDEO, BadRun
+from vqclip.runs import read_run, run_folders
 from vqclip.files import atomic_write_bytes, path_problem
 
 GALLERY_DIR = ".gallery"
@@ -176,7 +177,7 @@ def _scan(output_dir: Path, thumbs_dir: Path, old: dict[str, dict[str, Any]],
             report.details_cached += 1
         else:
             try:
-                card = card_from_run(RunInfo(folder, read_details(folder)))
+                card = card_from_run(read_run(folder))
             except BadRun:
                 skip(BAD_DETAILS, folder)
                 continue

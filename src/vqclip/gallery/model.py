@@ -1,8 +1,10 @@
-"""The gallery's index model: one plain, JSON-ready card per run, coerced from an untrusted details.json.
+"""The gallery's index model: one plain, JSON-ready card per run, from an untrusted details.json.
 
 Why defensive: a run folder may hold a details.json written by an older/newer vqclip, edited by hand, or not
-ours at all. Every field is coerced to the type the page expects (or dropped), so one odd run can never crash
-the build or break the page. Run text only ever reaches the page as JSON data rendered with `textContent`.
+ours at all. The run's typed record (`vqclip.record`, read tolerantly: a field of the wrong type is left at
+its default) gives the fields; the coercers below cap and clean them (and the free-form `config`) for the page,
+so one odd run can never crash the build or break the page. Run text only ever reaches the page as JSON data
+rendered with `textContent`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import re
 from datetime import datetime
 from typing import Any
 
-from vqclip.runs import RunInfo, is_run_id
+from vqclip.record import Files
+from vqclip.runs import RunInfo
 
-CARD_VERSION = 3  # bump when card fields or coercion change: cached cards are then rebuilt
+CARD_VERSION = 4  # bump when card fields or coercion change: cached cards are then rebuilt
 
 # Every card has these; a cached card without one of them (a hand-edited cache) is made afresh.
 CARD_KEYS = frozenset({"id", "prompt", "model", "clip", "w", "h", "steps", "planned", "seed", "status", "error",
@@ -63,13 +66,8 @@ def as_int(value: Any, lo: int | None = None, hi: int | None = None) -> int | No
     return value
 
 
-def as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _size(details: dict[str, Any], config: dict[str, Any]) -> tuple[int | None, int | None]:
-    size = details.get("size")
-    if isinstance(size, (list, tuple)) and len(size) == 2:
+def _size(size: tuple[int, int] | None, config: dict[str, Any]) -> tuple[int | None, int | None]:
+    if size is not None:
         w, h = as_int(size[0], 1, 100_000), as_int(size[1], 1, 100_000)
         if w and h:
             return w, h
@@ -104,56 +102,41 @@ def display_date(created: Any, run_id: str) -> tuple[str, str]:
 
 
 def card_from_run(run: RunInfo) -> dict[str, Any]:
-    """The card for one run, from its details only (file facts are added per build by `add_files`).
-
-    RunInfo's own properties trust field types (`int(stage)`, `config.get`), so fields are read from
-    `run.details` here through the coercers above.
-    """
-    d = run.details
-    config = as_dict(d.get("config"))
-    weights = as_dict(d.get("weights"))
-    timings = as_dict(d.get("timings"))
-    prompt = as_text(d.get("prompt"), MAX_PROMPT) or as_text(config.get("prompt"), MAX_PROMPT)
-    width, height = _size(d, config)
-    status = as_text(d.get("status"), 40).lower() or "unknown"
-    date, iso = display_date(d.get("created"), run.id)
-    seed = as_int(d.get("seed"))
-    if seed is None:
-        seed = as_int(config.get("seed"))
-    parent = d.get("parent")
-    root = d.get("root")
-    total_s = timings.get("total_s")
-    seconds = total_s if isinstance(total_s, (int, float)) and not isinstance(total_s, bool) else None
+    """The card for one run, from its record only (file facts are added per build by `add_files`)."""
+    r = run.record
+    config = r.config or {}
+    prompt = as_text(r.prompt, MAX_PROMPT) or as_text(config.get("prompt"), MAX_PROMPT)
+    width, height = _size(r.size, config)
+    status = as_text(r.status, 40).lower() or "unknown"
+    date, iso = display_date(r.created, run.id)
+    seed = r.seed if r.seed is not None else as_int(config.get("seed"))
+    seconds = r.timings.total_s
     return {
         "id": run.id,
         "prompt": prompt,
-        "model": model_name(weights.get("name"), config.get("model")),
+        "model": model_name(r.weights.name, config.get("model")),
         "clip": as_text(config.get("clip_model")),
         "w": width,
         "h": height,
-        "steps": as_int(d.get("steps_done"), 0),
-        "planned": as_int(d.get("steps_planned"), 0) or as_int(config.get("steps"), 0),
+        "steps": r.steps_done,
+        "planned": r.steps_planned or as_int(config.get("steps"), 0),
         # Seeds are strings: JS numbers lose precision above 2**53.
         "seed": None if seed is None else str(seed),
         "status": status,
-        "error": as_text(d.get("error"), 300) if status == "failed" else "",
+        "error": as_text(r.error, 300) if status == "failed" else "",
         "date": date,
         "iso": iso,
-        "seconds": round(seconds, 1) if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None,
-        "parent": parent if isinstance(parent, str) and is_run_id(parent) and parent != run.id else None,
-        "root": root if isinstance(root, str) and is_run_id(root) else run.id,
-        "stage": as_int(d.get("stage"), 1, 100_000),
-        "declared": _declared_files(d),
+        "seconds": round(seconds, 1) if seconds is not None and seconds >= 0 else None,
+        "parent": run.parent if run.parent != run.id else None,
+        "root": run.root,
+        "stage": r.stage if "stage" in r.model_fields_set and r.stage <= 100_000 else None,  # None: unknown
+        "declared": _declared_files(r.files),
     }
 
 
-def _declared_files(details: dict[str, Any]) -> list[str]:
+def _declared_files(files: Files) -> list[str]:
     """Input-image names that details.json's `files` names; validated later against the folder listing."""
-    files = as_dict(details.get("files"))
-    names = [files.get("init_image")]
-    prompts = files.get("image_prompts")
-    if isinstance(prompts, list):
-        names.extend(prompts[:50])
+    names = [files.init_image, *files.image_prompts[:50]]
     return [n for n in names if isinstance(n, str) and SAFE_FILE.match(n)]
 
 

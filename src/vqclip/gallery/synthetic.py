@@ -1,6 +1,6 @@
-"""Synthetic run folders for the gallery's tests and benchmark: tiny real PNGs and schema-1 details.json.
+"""Synthetic run folders for the gallery's tests and benchmark: tiny real PNGs and details.json (a RunRecord).
 
-Why here and not in tests/: `scripts/bench_gallery.py` and the tests share it, and it needs only Pillow.
+Why here and not in tests/: `scripts/bench_gallery.py` and the tests share it, and it needs only Pillow (and pydantic).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from vqclip.runs import DETAILS, IMAGE
+from vqclip.record import DETAILS, IMAGE, STATE, Files, RunRecord, Timings, Weights
 
 MODELS = ("vqgan_imagenet_f16_16384", "vqgan_gumbel_f8_8192", "wikiart_16384")
 SUBJECTS = ("A sunny countryside with a Collie", "Backyard in winter", "A lighthouse at dusk, oil painting",
@@ -44,24 +44,25 @@ def run_id(i: int) -> str:
 
 
 def details(i: int, **overrides: Any) -> dict[str, Any]:
+    """details.json of synthetic run `i` as written (a RunRecord), then `overrides` applied as given: tests
+    put values of any type there, as a hand-edited or foreign file would hold."""
     rid = run_id(i)
     created = EPOCH + timedelta(minutes=i)
     prompt = f"{SUBJECTS[i % len(SUBJECTS)]}:100 | wild flowers:30 | roses:-30"
     model = MODELS[i % len(MODELS)]
     steps = 300
-    d: dict[str, Any] = {
-        "schema": 1, "id": rid, "created": created.isoformat(), "finished": (created + timedelta(seconds=100)).isoformat(),
-        "status": "finished", "error": None, "prompt": prompt,
-        "config": {"prompt": prompt, "width": 480, "height": 480, "steps": steps, "seed": i, "model": model,
-                   "clip_model": "ViT-B-32-quickgelu", "cutn": 32, "image_prompts": [], "init_image": None},
-        "seed": i, "size": [480, 480], "steps_done": steps, "steps_planned": steps, "global_step": steps,
-        "losses": [round(1.0 - k / (steps * 1.5), 6) for k in range(steps)],
-        "timings": {"total_s": 100.2, "per_step_s": 0.31}, "device": "cuda",
-        "versions": {"vqclip": "0.1.0", "torch": "2.4.0", "open_clip": "2.26.1"},
-        "weights": {"name": model, "sha256": "0" * 64},
-        "parent": None, "root": rid, "stage": 1,
-        "files": {"image": IMAGE, "video": None, "state": "state.pt", "init_image": None, "image_prompts": []},
-    }
+    record = RunRecord(
+        id=rid, created=created.isoformat(), finished=(created + timedelta(seconds=100)).isoformat(),
+        status="finished", prompt=prompt,
+        config={"prompt": prompt, "width": 480, "height": 480, "steps": steps, "seed": i, "model": model,
+                "clip_model": "ViT-B-32-quickgelu", "cutn": 32, "image_prompts": [], "init_image": None},
+        seed=i, size=(480, 480), steps_done=steps, steps_planned=steps, global_step=steps,
+        losses=[round(1.0 - k / (steps * 1.5), 6) for k in range(steps)],
+        timings=Timings(total_s=100.2, per_step_s=0.31), device="cuda",
+        versions={"vqclip": "0.1.0", "torch": "2.4.0", "open_clip": "2.26.1"},
+        weights=Weights(name=model, sha256="0" * 64), root=rid, stage=1,
+        files=Files(image=IMAGE, state=STATE))
+    d = record.model_dump(mode="json")
     d.update(overrides)
     return d
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import platform
 import secrets
 import time
@@ -22,8 +21,8 @@ from typing import Any, Callable
 from vqclip import __version__
 from vqclip.config import RunConfig
 from vqclip.errors import VqclipError, one_line
-from vqclip.runs import DETAILS, IMAGE, STATE, VIDEO, RunFolder, now_iso
-from vqclip.files import temp_path
+from vqclip.record import DETAILS, IMAGE, STATE, VIDEO, Clip, Continued, Files, RunRecord, Timings, Weights, now_iso
+from vqclip.runs import RunFolder
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
@@ -33,6 +32,9 @@ class Reporter:
 
     def note(self, message: str) -> None:  # one-line notices (size floored, downloads, …)
         pass
+
+    def transfer(self) -> Any:  # a vqclip.weights.download.Progress for downloads and hashing; None: silent
+        return None
 
     def start(self, total: int, run_id: str) -> None:
         pass
@@ -58,7 +60,7 @@ class RunRequest:
     stage: int = 1
     state: dict[str, Any] | None = None  # a saved engine state to continue from
     start_image: Any = None  # a PIL image to encode as the start (continuing from a PNG, or stretch)
-    extra_details: dict[str, Any] = field(default_factory=dict)
+    continued: Continued | None = None  # how a continued run starts (details.json "continue")
     # (device type, recorded precision) of the parent: a continued run on the same kind of device computes in
     # the dtypes its parent did, unless --precision says otherwise
     inherit_precision: tuple[str, str] | None = None
@@ -75,7 +77,12 @@ class RunOutcome:
     status: str
     steps_done: int
     global_step: int
-    details: dict[str, Any]
+    record: RunRecord  # what details.json holds
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """details.json as written (the record's on-disk JSON)."""
+        return self.record.model_dump(mode="json")
 
 
 def versions() -> dict[str, str]:
@@ -102,7 +109,13 @@ def open_image(ref: str, what: str) -> tuple[Any, bytes, str]:
         else:
             path = Path(ref).expanduser()
             if not path.is_file():
-                raise VqclipError(f"{what} {ref} not found; check the path")
+                from vqclip.files import path_problem
+
+                problem = path_problem(path)  # a directory, a FIFO (never opened: it would wait), a device…
+                problem = "not found" if problem in (None, "does not exist") else problem
+                raise VqclipError(f"{what} {ref} {problem}; check the path")
+            if path.stat().st_size > MAX_IMAGE_BYTES:  # before reading it all into memory
+                raise VqclipError(f"{what} {ref} is larger than 64 MiB; use a smaller image")
             data = path.read_bytes()
         if len(data) > MAX_IMAGE_BYTES:
             raise VqclipError(f"{what} {ref} is larger than 64 MiB; use a smaller image")
@@ -126,8 +139,8 @@ def png_bytes(image: Any, text: dict[str, str]) -> bytes:
     from vqclip.pipeline.media import to_uint8
 
     info = PngInfo()
-    for k, v in text.items():
-        info.add_itxt(k, v)
+    for k, v in text.items():  # a lone surrogate (no UTF-8 for it) goes in as its escape, `\udcff`
+        info.add_itxt(k, v.encode("utf-8", "backslashreplace").decode("utf-8"))
     buf = io.BytesIO()
     Image.fromarray(to_uint8(image)).save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
@@ -175,7 +188,7 @@ def _free_after_oom(exc: BaseException, session: Any, device: Any) -> None:
     import gc
     import traceback
 
-    from vqclip.pipeline import memory
+    from vqclip.pipeline import budget
 
     traceback.clear_frames(exc.__traceback__)  # the frames of the step: activations, cutouts, losses
     if session is not None:
@@ -185,7 +198,7 @@ def _free_after_oom(exc: BaseException, session: Any, device: Any) -> None:
         if getattr(session, "z", None) is not None:
             session.z.grad = None
     gc.collect()
-    memory.release_device_cache(device)
+    budget.release_device_cache(device)
 
 
 def _smaller_size(width: int, height: int, factor: int) -> tuple[int, int] | None:
@@ -239,7 +252,7 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
     device's cached memory goes back to the driver at the end, so runs in one process do not pile up."""
     import traceback
 
-    from vqclip.pipeline import memory
+    from vqclip.pipeline import budget
 
     used: dict[str, Any] = {}
     try:
@@ -249,18 +262,19 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
             traceback.clear_frames(exc.__traceback__)
         raise
     finally:
-        memory.release_device_cache(used.get("device"))
+        budget.release_device_cache(used.get("device"))
 
 
 def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome:
-    import torch
-
     from vqclip import engine
-    from vqclip.pipeline import memory
+    from vqclip.engine.loop import BadState
+    from vqclip.state import save_state
+    from vqclip.pipeline import budget
     from vqclip.engine.precision import Precision, choose_precision
     from vqclip.prompts import floor_size
     from vqclip.pipeline.media import VideoWriter
-    from vqclip.weights import resolve_model
+    from vqclip.pipeline.settings import settings_from_config
+    from vqclip.weights.resolve import resolve_model
 
     cfg = req.config
     t_start = time.perf_counter()
@@ -271,8 +285,8 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
         and req.start_image is None else None
     image_prompts = [(open_image(spec.path, "image prompt"), spec) for spec in cfg.image_prompt_specs]
 
-    files = resolve_model(cfg.model, weights_dir=req.weights_dir, download=req.download,
-                          console=getattr(rep, "console", None))
+    files = resolve_model(cfg.model, weights_dir=req.weights_dir, download=req.download, note=rep.note,
+                          progress=rep.transfer())
     spec = engine.read_spec(files.yaml_path)
     width, height = floor_size(cfg.width, cfg.height, spec.factor)
     if (width, height) != (cfg.width, cfg.height):
@@ -282,23 +296,19 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
     used["device"] = device
     start_image = req.start_image if req.start_image is not None else (init[0] if init else None)
     # Memory: refuse up front a run that will not fit (naming the largest size that would), and switch
-    # low-memory mode on when the estimate says so (vqclip.pipeline.memory); per-module precision (engine.precision).
+    # low-memory mode on when the estimate says so (vqclip.pipeline.budget); per-module precision (engine.precision).
     precision = choose_precision(cfg.precision, device)
     if req.inherit_precision is not None and cfg.precision == "auto" and req.inherit_precision[0] == device.type:
         with contextlib.suppress(ValueError):
             precision = Precision.parse(req.inherit_precision[1])
     precision.apply(device)
-    plan = memory.plan_run(cfg, spec, width, height, device, precision, with_encoder=start_image is not None,
-                           first_load_bytes=memory.first_load_bytes(files.ckpt_path))
+    plan = budget.plan_run(cfg, spec, width, height, device, precision, with_encoder=start_image is not None,
+                           first_load_bytes=budget.first_load_bytes(files.ckpt_path))
     if plan.note:
         rep.note(plan.note)
-    settings = engine.LoopSettings(
-        width=width, height=height, seed=seed, cutn=cfg.cutn, cut_pow=cfg.cut_pow, augment=cfg.augment,
-        noise_fac=cfg.noise_fac, optimizer=cfg.optimizer, lr=cfg.lr, init_weight=cfg.init_weight,
-        init_weight_decay=cfg.init_weight_decay, init_weight_decay_every=cfg.init_weight_decay_every,
-        tv_weight=cfg.tv_weight, save_every=cfg.save_every, autocast_dtype=precision.decoder,
-        clip_autocast_dtype=precision.clip, low_memory=plan.low_memory, clip_chunk=plan.clip_chunk,
-        compile=cfg.compile, loss_scale=precision.loss_scale)
+    settings = settings_from_config(cfg, width=width, height=height, seed=seed, autocast_dtype=precision.decoder,
+                                    clip_autocast_dtype=precision.clip, loss_scale=precision.loss_scale,
+                                    low_memory=plan.low_memory, clip_chunk=plan.clip_chunk)
     t_load = time.perf_counter()
     models = prompts = None
     try:
@@ -320,30 +330,38 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
         return _oom_message(device, width, height, cfg.cutn, plan.low_memory, spec.factor)
 
     folder = RunFolder(req.output_dir, req.run_id).create()
+    created = now_iso()
+    run_files = Files(image=IMAGE, state=STATE)
+    try:  # copies of the input images; a write that fails (a full disk) leaves no folder
+        if init is not None:
+            run_files.init_image = f"init{init[2]}"
+            folder.write(run_files.init_image, init[1])
+        for i, ((_, data, suffix), _) in enumerate(image_prompts):
+            run_files.image_prompts.append(f"image_prompt_{i}{suffix}")
+            folder.write(run_files.image_prompts[-1], data)
+    except BaseException as exc:
+        folder.discard()
+        if isinstance(exc, OSError):
+            raise folder.write_failed(exc) from None
+        raise
     session = None
     video = VideoWriter(folder.file(VIDEO), cfg.fps)
     result = None
     error: str | None = None
     failure: BaseException | None = None
     t_run = time.perf_counter()
-    input_files: dict[str, Any] = {"init_image": None, "image_prompts": []}
     try:
-        if init is not None:
-            name = f"init{init[2]}"
-            folder.file(name).write_bytes(init[1])
-            input_files["init_image"] = name
-        for i, ((_, data, suffix), _) in enumerate(image_prompts):
-            name = f"image_prompt_{i}{suffix}"
-            folder.file(name).write_bytes(data)
-            input_files["image_prompts"].append(name)
-
         state = req.state
         if req.prepare_state is not None:
             state = req.prepare_state(models, settings, state, start_image)
-        session = engine.start_session(models, settings, prompts, init_image=start_image, state=state)
+        try:
+            session = engine.start_session(models, settings, prompts, init_image=start_image, state=state)
+        except BadState as e:  # load_state checks a state file up front; this is what it cannot foresee
+            raise VqclipError(f"the saved state of {req.parent or 'the run'} cannot be used here: {e}; continue "
+                              f"with --resize stretch to start from its {IMAGE} instead") from None
         for note in session.notes:
             rep.note(note)
-        memory.prepare_for_steps(models, plan)  # text tower and encoder freed, weights stored as planned
+        budget.prepare_for_steps(models, plan)  # text tower and encoder freed, weights stored as planned
         last_frame_step = [-1]
 
         def on_step(info: Any) -> None:
@@ -387,60 +405,37 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
         video_path = video.close()
         if video.error:
             rep.note(f"no progress video ({video.error})")
-        image = result.image
-        folder.file(IMAGE).write_bytes(png_bytes(image, image_parameters(cfg, seed, result.global_step,
-                                                                         (width, height))))
-        state_tmp = temp_path(folder.file(STATE))
-        torch.save(session.state_dict(), state_tmp)
-        state_tmp.replace(folder.file(STATE))
+        folder.write(IMAGE, png_bytes(result.image, image_parameters(cfg, seed, result.global_step, (width, height))))
+        save_state(folder.file(STATE), session.state_dict())
         steps_timed = result.step_seconds[1:] or result.step_seconds
-        details = {
-            "schema": 1,
-            "id": folder.id,
-            "created": req.extra_details.pop("created", None) or now_iso(),
-            "finished": now_iso(),
-            "status": status,
-            "error": error,
-            "prompt": cfg.prompt,
-            "config": cfg.model_dump(mode="json"),
-            "seed": seed,
-            "size": [width, height],
-            "steps_done": result.steps_done,
-            "steps_planned": cfg.steps,
-            "global_step": result.global_step,
-            "losses": [round(x, 6) if math.isfinite(x) else None for x in result.losses],
-            "skipped_steps": result.skipped_steps,
-            "timings": {
-                "load_s": round(load_s, 3),
-                "run_s": round(run_s, 3),
-                "total_s": round(time.perf_counter() - t_start, 3),
-                "per_step_s": round(sorted(steps_timed)[len(steps_timed) // 2], 4) if steps_timed else None,
-            },
-            "device": str(device),
-            "precision": precision.describe(),
-            "low_memory": plan.low_memory,
-            "memory_estimate_mb": round(plan.estimate.total / 2**20),
-            "versions": versions(),
-            "weights": {"name": files.name, "sha256": files.sha256, "source": files.source,
-                        "path": str(files.ckpt_path)},
-            "clip": {"model": models.clip.name, "pretrained": cfg.clip_pretrained},
-            "parent": req.parent,
-            "root": req.root or folder.id,
-            "stage": req.stage,
-            "files": {"image": IMAGE, "video": VIDEO if video_path else None, "state": STATE, **input_files},
-        }
-        details.update(req.extra_details)
-        folder.write_details(details)
+        run_files.video = VIDEO if video_path else None
+        record = RunRecord(
+            id=folder.id, created=created, finished=now_iso(), status=status, error=error, prompt=cfg.prompt,
+            config=cfg.model_dump(mode="json"), seed=seed, size=(width, height), steps_done=result.steps_done,
+            steps_planned=cfg.steps, global_step=result.global_step,
+            losses=[round(x, 6) for x in result.losses],  # not finite (an overflow): recorded as null
+            skipped_steps=result.skipped_steps,
+            timings=Timings(load_s=round(load_s, 3), run_s=round(run_s, 3),
+                            total_s=round(time.perf_counter() - t_start, 3),
+                            per_step_s=round(sorted(steps_timed)[len(steps_timed) // 2], 4) if steps_timed else None),
+            device=str(device), precision=precision.describe(), low_memory=plan.low_memory,
+            memory_estimate_mb=round(plan.estimate.total / 2**20), versions=versions(),
+            weights=Weights(name=files.name, sha256=files.sha256, source=files.source, path=str(files.ckpt_path)),
+            clip=Clip(model=models.clip.name, pretrained=cfg.clip_pretrained),
+            parent=req.parent, root=req.root or folder.id, stage=req.stage, files=run_files, continue_=req.continued)
+        folder.write_record(record)
         path = folder.commit()
-    except BaseException:
+    except BaseException as exc:
         folder.discard()
+        if isinstance(exc, OSError):  # a full disk, a folder gone read-only: one line naming the run
+            raise folder.write_failed(exc) from None
         raise
     if failure is not None:
         what = oom_text() if is_out_of_memory(failure) \
             else f"the run failed at step {result.global_step + 1} ({error})"
         raise VqclipError(f"{what}; the {result.steps_done} steps done were saved as run {folder.id} "
                           f"(status failed), and `vqclip continue {folder.id}` picks them up") from None
-    return RunOutcome(folder.id, path, status, result.steps_done, result.global_step, details)
+    return RunOutcome(folder.id, path, status, result.steps_done, result.global_step, record)
 
 
 __all__ = ["Reporter", "RunRequest", "RunOutcome", "execute", "open_image", "png_bytes", "image_parameters",

@@ -24,7 +24,9 @@ from typing import Any
 from vqclip.config import RunConfig, layered_values, load_config_file
 from vqclip.errors import UsageError, VqclipError
 from vqclip.pipeline.execute import Reporter, RunOutcome, RunRequest
-from vqclip.runs import DETAILS, IMAGE, STATE, BadRun, RunInfo
+from vqclip.record import DETAILS, IMAGE, STATE, BadRun, Continued, RunRecord
+from vqclip.runs import RunInfo
+from vqclip.state import load_state
 
 RESIZE_MODES = ("crop", "pad", "stretch")
 
@@ -41,8 +43,9 @@ def inherit_config(parent: RunInfo, overrides: dict[str, Any] | None = None,
     from vqclip.config import validation_lines
 
     where = parent.path / DETAILS
-    base = parent.details.get("config")
-    if not isinstance(base, dict):
+    record = parent.checked()
+    base = record.config
+    if base is None:
         raise BadRun(f"{where} has no config object; fix or remove that run folder, or start anew with "
                      "`vqclip generate`")
     notes = []
@@ -50,8 +53,8 @@ def inherit_config(parent: RunInfo, overrides: dict[str, Any] | None = None,
     dropped = sorted(set(base) - set(known))
     if dropped:
         notes.append(f"ignored settings this version does not know in {where}: {', '.join(dropped)}")
-    if isinstance(parent.details.get("seed"), int):
-        known["seed"] = parent.details["seed"]  # the resolved seed (the config may say null = random)
+    if record.seed is not None:
+        known["seed"] = record.seed  # the resolved seed (the config may say null = random)
     merged = layered_values(known, load_config_file(config_file) if config_file is not None else None, overrides)
     try:
         return RunConfig.model_validate(merged), notes
@@ -63,24 +66,7 @@ def inherit_config(parent: RunInfo, overrides: dict[str, Any] | None = None,
                      "setting as a flag") from None
 
 
-# ------------------------------------------------------------------------------------------------ state
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    """A saved engine state, loaded safely (tensors and plain values only)."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle/zip/EOF errors of many kinds
-        raise BadRun(f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})") \
-            from None
-    z = state.get("z") if isinstance(state, dict) else None
-    if not isinstance(z, torch.Tensor) or z.dim() != 4 or "step" not in state:
-        raise BadRun(f"{path} is not a vqclip state (no latent z or step counter)")
-    if not isinstance(state.get("z_anchor"), torch.Tensor) or state["z_anchor"].shape != z.shape:
-        state["z_anchor"] = z.clone()
-    return state
+# ------------------------------------------------------------------------------------------------ grid
 
 
 def grid_change(old: tuple[int, int], new: tuple[int, int], mode: str | None) -> str:
@@ -136,29 +122,34 @@ class Plan:
     def parent_step(self) -> int:
         if self.state is not None:
             return int(self.state["step"])
-        return int(self.parent.details.get("global_step") or self.parent.details.get("steps_done") or 0)
+        return self.record.global_step or self.record.steps_done or 0
+
+    @property
+    def record(self) -> RunRecord:
+        return self.parent.record
 
 
 def _same_weights(parent: RunInfo, files: Any) -> bool:
-    w = parent.details.get("weights") or {}
-    if w.get("sha256") and files.sha256:
-        return bool(w["sha256"] == files.sha256)
+    w = parent.record.weights
+    if w.sha256 and files.sha256:
+        return w.sha256 == files.sha256
     try:
-        return bool(w.get("path")) and Path(w["path"]).expanduser().resolve() == Path(files.ckpt_path).resolve()
+        return bool(w.path) and Path(w.path).expanduser().resolve() == Path(files.ckpt_path).resolve()
     except OSError:
         return False
 
 
 def plan_continue(parent: RunInfo, overrides: dict[str, Any] | None = None, *, resize: str | None = None,
                   config_file: str | Path | None = None, weights_dir: Path | None = None,
-                  download: bool = True) -> Plan:
+                  download: bool = True, reporter: Reporter | None = None) -> Plan:
     """Check everything that can be checked without loading models; raise a one-line VqclipError otherwise."""
     if resize is not None and resize not in RESIZE_MODES:
         raise UsageError(f"--resize {resize!r}: use crop, pad or stretch")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    done, planned = parent.details.get("steps_done"), parent.details.get("steps_planned")
-    finish = (parent.status == "interrupted" and "steps" not in overrides and isinstance(done, int)
-              and isinstance(planned, int) and planned > done)
+    record = parent.checked()  # a field of the wrong type: one line naming details.json
+    done, planned = record.steps_done, record.steps_planned
+    finish = (record.status == "interrupted" and "steps" not in overrides and done is not None
+              and planned is not None and planned > done)
     if finish:  # an interrupted run without --steps: finish it (same bytes as had it not been interrupted)
         overrides["steps"] = planned - done
     cfg, notes = inherit_config(parent, overrides, config_file)
@@ -190,11 +181,13 @@ def plan_continue(parent: RunInfo, overrides: dict[str, Any] | None = None, *, r
         raise BadRun(f"{parent.path} has no {IMAGE} to stretch; drop --resize stretch")
 
     # A different VQGAN: its latent space has nothing to do with the parent's (re-encoding an image is fine).
-    parent_model = str((parent.details.get("config") or {}).get("model", ""))
+    parent_model = str((record.config or {}).get("model", ""))
     if cfg.model != parent_model:
-        from vqclip.weights import resolve_model
+        from vqclip.weights.resolve import resolve_model
 
-        files = resolve_model(cfg.model, weights_dir=weights_dir, download=download)
+        rep = reporter or Reporter()
+        files = resolve_model(cfg.model, weights_dir=weights_dir, download=download, note=rep.note,
+                              progress=rep.transfer())
         if not _same_weights(parent, files):
             if plan.start == "state":
                 raise VqclipError(
@@ -203,7 +196,7 @@ def plan_continue(parent: RunInfo, overrides: dict[str, Any] | None = None, *, r
                     "--resize stretch to re-encode its output.png with the new model")
             plan.notes.append(f"new VQGAN {cfg.model}: re-encoding {parent.id}/{IMAGE} with it")
 
-    parent_seed = parent.details.get("seed")
+    parent_seed = record.seed
     if "seed" in overrides and parent_seed is not None and overrides["seed"] != parent_seed:
         plan.reseed = True
         plan.notes.append(f"--seed {cfg.seed}: the random stream restarts from this seed (the parent used "
@@ -213,9 +206,8 @@ def plan_continue(parent: RunInfo, overrides: dict[str, Any] | None = None, *, r
         if old_opt and old_opt != cfg.optimizer:
             plan.notes.append(f"optimizer {old_opt} → {cfg.optimizer}: it starts fresh")
         # Validate explicit crop/pad early, when the factor is known from the parent (same model).
-        size = parent.details.get("size")
-        if isinstance(size, list) and len(size) == 2 and size[0] and plan.state["z"].shape[-1]:
-            factor = int(size[0]) // int(plan.state["z"].shape[-1])
+        if record.size is not None and plan.state["z"].shape[-1]:
+            factor = record.size[0] // int(plan.state["z"].shape[-1])
             if factor > 0:
                 new = (max(1, cfg.height // factor), max(1, cfg.width // factor))
                 grid_change(tuple(plan.state["z"].shape[-2:]), new, resize)  # type: ignore[arg-type]
@@ -288,20 +280,19 @@ def continue_request(plan: Plan, *, output_dir: Path, weights_dir: Path | None =
         from vqclip.pipeline.execute import open_image
 
         start_image = open_image(str(plan.parent.image), "parent image")[0]
-    details = {"continue": {"from": plan.parent.id, "from_step": plan.parent_step, "start": plan.start,
-                            "resize": plan.resize}}
+    continued = Continued(from_=plan.parent.id, from_step=plan.parent_step, start=plan.start, resize=plan.resize)
     return RunRequest(config=plan.config, output_dir=output_dir, weights_dir=weights_dir, download=download,
                       trusted=list(trusted or []), should_stop=should_stop, parent=plan.parent.id,
                       root=plan.parent.root, stage=plan.parent.stage + 1,
                       state=plan.state if plan.start == "state" else None, start_image=start_image,
-                      extra_details=details, prepare_state=make_prepare(plan, rep),
+                      continued=continued, prepare_state=make_prepare(plan, rep),
                       inherit_precision=_recorded_precision(plan.parent))
 
 
 def _recorded_precision(parent: RunInfo) -> tuple[str, str] | None:
     """(device type, precision) as the parent's details.json recorded them, when it did."""
-    device, precision = parent.details.get("device"), parent.details.get("precision")
-    if isinstance(device, str) and isinstance(precision, str) and device:
+    device, precision = parent.record.device, parent.record.precision
+    if device and precision is not None:
         return device.split(":")[0], precision
     return None
 
@@ -315,7 +306,7 @@ def continue_run(parent: RunInfo, overrides: dict[str, Any] | None = None, *, re
 
     rep = reporter or Reporter()
     plan = plan_continue(parent, overrides, resize=resize, config_file=config_file, weights_dir=weights_dir,
-                         download=download)
+                         download=download, reporter=rep)
     for note in plan.notes:
         rep.note(note)
     req = continue_request(plan, output_dir=output_dir or parent.path.parent, weights_dir=weights_dir,

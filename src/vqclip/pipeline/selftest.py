@@ -6,19 +6,18 @@ run-folder code work together on this machine, and reports device, versions and 
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataclasses import dataclass, field
-from typing import Any
+from vqclip.record import IMAGE, STATE, VIDEO, RunRecord, read_record
 
 
 @dataclass
 class SelftestReport:
     checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (check, passed, detail)
-    details: dict[str, Any] = field(default_factory=dict)  # the test run's details.json
+    record: RunRecord = field(default_factory=RunRecord)  # the test run's details.json
     versions: dict[str, str] = field(default_factory=dict)
     build_s: float = 0.0
     folder: Path | None = None  # the kept run folder (with --keep)
@@ -30,11 +29,11 @@ class SelftestReport:
 
 def run_selftest(keep: Path | None = None, steps: int = 6, device: str = "auto") -> SelftestReport:
     import imageio.v2 as imageio
-    import torch
     from PIL import Image
 
     from vqclip.config import build_config
     from vqclip.pipeline.execute import Reporter, RunRequest, execute, versions
+    from vqclip.state import load_state
     from vqclip.testing import make_tiny_clip, make_tiny_vqgan
 
     checks: list[tuple[str, bool, str]] = []
@@ -51,20 +50,24 @@ def run_selftest(keep: Path | None = None, steps: int = 6, device: str = "auto")
         out_dir = (keep or root / "output")
         outcome = execute(RunRequest(config=cfg, output_dir=out_dir, download=False), Reporter())
         folder = outcome.path
-        details = json.loads((folder / "details.json").read_text())
+        record = read_record(folder)
         checks.append(("run finished", outcome.status == "finished", outcome.status))
-        img = Image.open(folder / "output.png")
+        img = Image.open(folder / IMAGE)
         checks.append(("output.png", img.size == (64, 64) and "parameters" in img.text, f"{img.size[0]}x{img.size[1]}"))
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        state = load_state(folder / STATE)
         checks.append(("state.pt", int(state["step"]) == steps, f"step {state['step']}"))
         frames = 0
-        if details["files"]["video"]:
-            reader = imageio.get_reader(str(folder / "anim.mp4"), format="FFMPEG")
+        if record.files.video:
+            reader = imageio.get_reader(str(folder / VIDEO), format="FFMPEG")
             frames = sum(1 for _ in reader)
             reader.close()
         expected = steps // 2 + 1
         checks.append(("anim.mp4", frames == expected, f"{frames} frames"))
-        losses = details["losses"]
-        checks.append(("losses finite", all(l == l and abs(l) < 1e9 for l in losses), f"{losses[0]:.4f} → {losses[-1]:.4f}"))
+        losses = record.losses  # a loss that was not finite is recorded as null
+        finite = [x for x in losses if x is not None and abs(x) < 1e9]
+        bad = len(losses) - len(finite)
+        checks.append(("losses finite", bool(losses) and not bad,
+                       f"{bad} of {len(losses)} not finite" if bad or not finite
+                       else f"{finite[0]:.4f} → {finite[-1]:.4f}"))
 
-    return SelftestReport(checks, details, versions(), build_s, folder if keep else None)
+    return SelftestReport(checks, record, versions(), build_s, folder if keep else None)

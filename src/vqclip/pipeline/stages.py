@@ -18,8 +18,9 @@ from typing import Any, Callable
 from vqclip.config import RunConfig
 from vqclip.errors import UsageError, VqclipError
 from vqclip.pipeline.execute import Reporter, RunOutcome, RunRequest
-from vqclip.runs import DETAILS, VIDEO, RunInfo, read_details
-from vqclip.files import atomic_write_json, temp_path
+from vqclip.files import temp_path
+from vqclip.record import DETAILS, VIDEO, write_record
+from vqclip.runs import RunInfo
 
 CHAIN_VIDEO = "chain.mp4"
 
@@ -82,11 +83,19 @@ def write_chain_video(outcomes: list[RunOutcome], fps: int) -> Path | None:
     made = combine_videos(sources, tmp, fps)
     if made is None:
         return None
-    tmp.replace(last / CHAIN_VIDEO)
-    details = read_details(last)
-    details.setdefault("files", {})["chain_video"] = CHAIN_VIDEO
-    details["chain"] = [o.id for o in outcomes]
-    atomic_write_json(last / DETAILS, details)
+    record = outcomes[-1].record  # what the last stage's details.json holds: the outcome has it in hand
+    chained = record.model_copy(deep=True)
+    chained.files.chain_video = CHAIN_VIDEO
+    chained.chain = [o.id for o in outcomes]
+    try:
+        tmp.replace(last / CHAIN_VIDEO)
+        write_record(last / DETAILS, chained)
+    except OSError as e:  # a full disk: the stages stay as they were, without a half-recorded chain video
+        tmp.unlink(missing_ok=True)
+        (last / CHAIN_VIDEO).unlink(missing_ok=True)
+        raise VqclipError(f"could not record the chain video in {last}: {e.strerror or e}; the stages are "
+                          "saved, free some disk space for the combined video") from None
+    outcomes[-1].record = chained
     return last / CHAIN_VIDEO
 
 
@@ -153,7 +162,7 @@ def run_stages(plan: StagePlan, *, output_dir: Path, weights_dir: Path | None = 
                on_outcome: Callable[[RunOutcome], None] | None = None) -> StagesResult:
     """Run the stages in order; stop after a stage that was interrupted (it is saved, later ones are skipped).
     `reporter_for(index, total, prompt)` gives each stage its reporter; `on_outcome` hears of each saved stage."""
-    from vqclip.pipeline.memory import release_device_cache
+    from vqclip.pipeline.budget import release_device_cache
     from vqclip.pipeline.execute import execute
     from vqclip.pipeline.resume import continue_run
 
@@ -164,12 +173,12 @@ def run_stages(plan: StagePlan, *, output_dir: Path, weights_dir: Path | None = 
             out = execute(RunRequest(config=plan.first, output_dir=output_dir, weights_dir=weights_dir,
                                      download=download, trusted=list(trusted or []), should_stop=should_stop), rep)
         else:  # the previous stage's tensors are gone: hand its cached device memory back first
-            release_device_cache(outcomes[-1].details.get("device"))
+            release_device_cache(outcomes[-1].record.device)
             prev = outcomes[-1]
             overrides: dict[str, Any] = {"prompt": plan.prompts[i - 1]}
             if plan.stage_steps is not None:
                 overrides["steps"] = plan.stage_steps
-            out = continue_run(RunInfo(prev.path, prev.details), overrides, output_dir=output_dir,
+            out = continue_run(RunInfo.of(prev.path, prev.record), overrides, output_dir=output_dir,
                                weights_dir=weights_dir, download=download, trusted=trusted,
                                should_stop=should_stop, reporter=rep)
         outcomes.append(out)

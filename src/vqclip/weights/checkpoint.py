@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import os
 import pickle
-import time
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
-from vqclip.errors import UnsafeCheckpoint, VqclipError, WeightsMissing
-from vqclip.weights import LIGHTNING_PREFIXES, NUMPY_SAFE
+from vqclip.errors import UnsafeCheckpoint, VqclipError, WeightsMissing, one_line, shorten
+from vqclip.files import temp_path
+from vqclip.weights.pickle_scan import LIGHTNING_PREFIXES, NUMPY_SAFE
+from vqclip.weights.store import fresh_entry
 
 VQGAN_KEYS = ("decoder.", "post_quant_conv.", "quantize.", "encoder.", "quant_conv.")
 # Where the autoencoder lives in a checkpoint: a VQModel's own keys, or a Net2NetTransformer's first stage
@@ -30,11 +31,9 @@ VQGAN_KEYS = ("decoder.", "post_quant_conv.", "quantize.", "encoder.", "quant_co
 _AUTOENCODER_PREFIXES = ("", "first_stage_model.")
 CACHE_FORMAT = "vqclip-vqgan-cache/1"
 
-# Globals that only ever appear as inert data in Lightning/numpy checkpoints (the lists live in weights.py, which
-# `weights list` reads without torch). They are *never* imported: each name maps to a placeholder class (or to
-# a numpy data constructor that the torch docs list as safe).
-_LIGHTNING_PREFIXES = LIGHTNING_PREFIXES
-_NUMPY_SAFE = NUMPY_SAFE
+# Globals that only ever appear as inert data in Lightning/numpy checkpoints (the lists live in pickle_scan.py,
+# which `weights list` reads without torch). They are *never* imported: each name maps to a placeholder class (or
+# to a numpy data constructor that the torch docs list as safe).
 
 
 def _placeholder(qualified: str) -> type:
@@ -81,11 +80,12 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpoint(
-            f"{path} cannot be loaded safely ({_refusal(e)}); if you trust this file, pass --trust-checkpoint {path}"
+            f"{path} cannot be loaded safely ({unpickler_refusal(e)}); if you trust this file, pass "
+            f"--trust-checkpoint {path}"
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnsafeCheckpoint(f"{path} is not a readable PyTorch checkpoint ({first}); re-download it") from None
+        raise UnsafeCheckpoint(f"{path} is not a readable PyTorch checkpoint ({one_line(e, 240, typed=False)}); "
+                               "re-download it") from None
     return _unwrap(obj, path)
 
 
@@ -94,9 +94,9 @@ def _classify(needed: Iterable[str]) -> tuple[list[Any], list[str]]:
     extra: list[Any] = []
     refused: list[str] = []
     for name in needed:
-        if name.startswith(_LIGHTNING_PREFIXES):
+        if name.startswith(LIGHTNING_PREFIXES):
             extra.append((_placeholder(name), name))
-        elif name in _NUMPY_SAFE:
+        elif name in NUMPY_SAFE:
             extra.append((_numpy_global(name), name))
         else:
             refused.append(name)
@@ -105,16 +105,16 @@ def _classify(needed: Iterable[str]) -> tuple[list[Any], list[str]]:
 
 def refused_globals(path: str | Path) -> list[str]:
     """The pickled globals of a checkpoint that `load_checkpoint` would refuse (torch's own scan; nothing runs).
-    A legacy (non-zip) file is not scanned by torch: `weights.checkpoint_problem` reads those."""
+    A legacy (non-zip) file is not scanned by torch: `pickle_scan.checkpoint_problem` reads those."""
     return sorted(_classify(unsafe_globals(path))[1])
 
 
-def _refusal(e: Exception) -> str:
+def unpickler_refusal(e: Exception) -> str:
     """The useful line of torch's weights-only refusal (its first line is a long generic preamble)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     useful = next((ln for ln in lines if ln.startswith(("WeightsUnpickler error", "Unsupported"))), None)
     if useful:
-        return useful.removeprefix("WeightsUnpickler error:").strip()[:160]
+        return shorten(useful.removeprefix("WeightsUnpickler error:").strip(), 160)
     return "the weights-only unpickler refused it"
 
 
@@ -198,7 +198,7 @@ def write_cache(ckpt_path: Path, state: dict[str, torch.Tensor], stamp: os.stat_
     meta = {"format": CACHE_FORMAT, "source_name": ckpt_path.name, "prefixes": ",".join(VQGAN_KEYS),
             "source_sha256": _manifest_sha(ckpt_path) or "", **_stamp(stamp)}
     cache = cache_path(ckpt_path)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    tmp = temp_path(cache)
     try:
         save_file(_unshared(state), str(tmp), metadata=meta)
         os.replace(tmp, cache)
@@ -223,9 +223,7 @@ def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _manifest_sha(ckpt_path: Path) -> str | None:
-    from vqclip import weights
-
-    entry = weights.fresh_entry(ckpt_path.parent, ckpt_path)
+    entry = fresh_entry(ckpt_path.parent, ckpt_path)
     return str(entry["sha256"]) if entry and entry.get("sha256") else None
 
 
@@ -240,76 +238,3 @@ def is_trusted(ckpt_path: str | Path, trusted: Iterable[str | Path]) -> bool:
         except OSError:
             continue
     return False
-
-
-# ---------------------------------------------------------------------------------------------- benchmark
-
-
-def benchmark_cache(folder: str | Path, *, optimizer_states: bool = True,
-                    repeats: int = 3) -> dict[str, float]:
-    """Time a pickle load against the safetensors cache on a random checkpoint with vqgan_imagenet_f16_16384's
-    shapes (VQModel f16, 16384 codes, a loss discriminator and, like the real 980 MB file, Adam states).
-
-    Returns sizes (MB) and seconds: `pickle_s` (safe torch.load + filtering), `first_load_s` (pickle + writing
-    the cache), `cached_s` (all five prefixes from the cache), `cached_decoder_s` (what generate needs without
-    an init image). safetensors maps the file lazily, so the cached timings include copying every tensor into
-    fresh memory (as moving them to a GPU would). Best of `repeats`; files are in the page cache (warm).
-    """
-    from vqclip.testing import _lightning_callback_key, _save_with_fake_lightning
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    ckpt = folder / "bench_f16_16384.ckpt"
-    cache_path(ckpt).unlink(missing_ok=True)
-    state = _f16_16384_random_state()
-    obj: dict[str, Any] = {"epoch": 1, "global_step": 1, "state_dict": state}
-    if optimizer_states:
-        gen = [v for k, v in state.items() if not k.startswith("loss.")]
-        obj["optimizer_states"] = [{"state": {i: {"exp_avg": torch.randn_like(p), "exp_avg_sq": torch.rand_like(p)}
-                                              for i, p in enumerate(gen)}}]
-    cb = _lightning_callback_key()
-    obj["callbacks"] = {cb: {"best_model_score": None}}
-    _save_with_fake_lightning(obj, ckpt, cb)
-    del obj, state
-    os.sync()  # let writeback of the fresh file finish before timing reads
-    out = {"ckpt_mb": ckpt.stat().st_size / 1e6}
-    out["pickle_s"] = _best(repeats, lambda: vqgan_tensors(load_checkpoint(ckpt), ckpt))
-    out["first_load_s"] = _best(repeats, lambda: load_vqgan_state(ckpt), before=cache_path(ckpt).unlink)
-    os.sync()
-    out["cache_mb"] = cache_path(ckpt).stat().st_size / 1e6
-    out["cached_s"] = _best(repeats, lambda: load_vqgan_state(ckpt))
-    out["cached_decoder_s"] = _best(repeats, lambda: load_vqgan_state(ckpt, keys=VQGAN_KEYS[:3]))
-    return out
-
-
-def _best(repeats: int, fn: Any, before: Any = None) -> float:
-    """Best of `repeats` timings; every tensor is touched, so lazily mapped tensors pay for their reads too."""
-    times = []
-    for _ in range(max(1, repeats)):
-        if before is not None:
-            before(missing_ok=True)
-        t = time.perf_counter()
-        for v in fn().values():
-            v.clone()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def _f16_16384_random_state() -> dict[str, torch.Tensor]:
-    """Random tensors with the real f16_16384 names and shapes (modules built on the meta device: no init cost)."""
-    import contextlib
-    import io
-
-    from taming.modules.diffusionmodules.model import Decoder, Encoder
-
-    dd = {"double_z": False, "z_channels": 256, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
-          "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16], "dropout": 0.0}
-    with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()):
-        parts = {"encoder": Encoder(**dd), "decoder": Decoder(**dd), "quant_conv": torch.nn.Conv2d(256, 256, 1),
-                 "post_quant_conv": torch.nn.Conv2d(256, 256, 1)}
-        disc = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 4), torch.nn.Conv2d(64, 128, 4),
-                                   torch.nn.Conv2d(128, 256, 4), torch.nn.Conv2d(256, 1, 4))
-    shapes = {f"{p}.{k}": v.shape for p, m in parts.items() for k, v in m.state_dict().items()}
-    shapes["quantize.embedding.weight"] = torch.Size([16384, 256])
-    shapes |= {f"loss.discriminator.main.{k}": v.shape for k, v in disc.state_dict().items()}
-    return {k: torch.randn(s) for k, s in shapes.items()}

@@ -1,10 +1,12 @@
-"""Verified, resumable HTTP downloads with the standard library (no registry knowledge; see `weights.py`).
+"""Verified, resumable HTTP downloads with the standard library (no registry knowledge), and file hashing.
 
 Sources: open_clip `download_pretrained_from_url` (download, then check the sha256 before use) and k-diffusion
 `utils.download_file` (a digest mismatch names the file and the URL); resume as `curl -C -` does, with a Range
 request from the length of `NAME.part`. A file takes its real name (`os.replace`) only after its size and sha256
 check out, so a half-written or wrong file never looks installed. Every socket operation has a timeout and every
 retry loop a bound.
+
+Nothing here prints: one-line notices go to a `note` callback and bytes to a `Progress` (the CLI draws Rich bars).
 """
 
 from __future__ import annotations
@@ -17,19 +19,31 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from vqclip import __version__
 from vqclip.errors import VqclipError, WeightsMissing
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 USER_AGENT = f"vqclip/{__version__} (+urllib)"
 CHUNK = 1 << 20
 TIMEOUT = 30.0  # seconds without a byte before a connection counts as dead
 RETRIES = 3  # resumes per URL after a dropped connection
 RETRY_WAIT = 1.0  # seconds, times the attempt number
+HASH_BAR_MIN = 64 * CHUNK  # smaller files are hashed without reporting progress
+
+Note = Callable[[str], None]  # one-line notices: what is downloaded, a mirror that failed, a paused download
+
+
+class Progress(Protocol):
+    """Where a download or a hash reports its bytes. `start` once the total is known (`done` bytes are there
+    already, e.g. a resumed .part), `advance` per block, `stop` at the end (also after an error or Ctrl-C).
+    One object may show several bars, one after another."""
+
+    def start(self, label: str, done: int, total: int | None) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def part_path(dest: Path) -> Path:
@@ -37,30 +51,39 @@ def part_path(dest: Path) -> Path:
 
 
 def human_size(n: int | None) -> str:
+    """Decimal units, as download tools show them: "980.1 MB", "1 byte", "999 bytes"."""
     if n is None:
         return "unknown size"
-    from rich.filesize import decimal
-
-    return decimal(n)
+    if n == 1:
+        return "1 byte"
+    if n < 1000:
+        return f"{n:,} bytes"
+    for i, suffix in enumerate(("kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"), 2):
+        unit = 1000**i
+        if n < unit:
+            break
+    return f"{1000 * n / unit:,.1f} {suffix}"
 
 
 # ----------------------------------------------------------------------------------------------- hashing
 
 
-def sha256_file(path: Path, console: Console | None = None, label: str | None = None) -> str:
-    """sha256 of a file, with a progress bar for big files when a console is given."""
+def sha256_file(path: Path, progress: Progress | None = None, label: str | None = None) -> str:
+    """sha256 of a file; a big one reports to `progress` ("checking LABEL") when one is given."""
     digest = hashlib.sha256()
     size = path.stat().st_size
+    bar = progress if size >= HASH_BAR_MIN else None
     with open(path, "rb") as fh:
-        if console is None or size < 64 * CHUNK:
+        if bar is not None:
+            bar.start(f"checking {label or path.name}", 0, size)
+        try:
             for block in iter(lambda: fh.read(CHUNK), b""):
                 digest.update(block)
-            return digest.hexdigest()
-        with _progress(console) as progress:
-            task = progress.add_task(f"checking {label or path.name}", total=size)
-            for block in iter(lambda: fh.read(CHUNK), b""):
-                digest.update(block)
-                progress.advance(task, len(block))
+                if bar is not None:
+                    bar.advance(len(block))
+        finally:
+            if bar is not None:
+                bar.stop()
     return digest.hexdigest()
 
 
@@ -73,20 +96,6 @@ class DownloadError(Exception):
     def __init__(self, url: str, reason: str, *, network: bool = False, resumable: bool = False) -> None:
         super().__init__(f"{url}: {reason}")
         self.url, self.reason, self.network, self.resumable = url, reason, network, resumable
-
-
-def _progress(console: Console) -> Any:
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=console, transient=False)
-
-
-def escape(text: str) -> str:
-    from rich.markup import escape as rich_escape
-
-    return rich_escape(text)
 
 
 def looks_like_html(head: bytes, content_type: str = "") -> bool:
@@ -169,8 +178,9 @@ def _read(url: str, resp: Any, written: int) -> bytes:
 
 
 def download_file(urls: Iterable[str], dest: Path, *, size: int | None, sha256: str | None,
-                  console: Console | None = None, label: str | None = None, timeout: float | None = None,
-                  retries: int | None = None, retry_wait: float | None = None) -> tuple[str, str]:
+                  note: Note | None = None, progress: Progress | None = None, label: str | None = None,
+                  timeout: float | None = None, retries: int | None = None,
+                  retry_wait: float | None = None) -> tuple[str, str]:
     """Download `dest` from the first URL that yields the right bytes; return (sha256, url).
 
     Writes `dest.part`, resumes it with Range requests after a dropped connection (up to `retries` times per
@@ -187,28 +197,27 @@ def download_file(urls: Iterable[str], dest: Path, *, size: int | None, sha256: 
     urls = list(urls)
     for i, url in enumerate(urls):
         try:
-            got = _download_one(url, part, size=size, sha256=sha256, console=console,
+            got = _download_one(url, part, size=size, sha256=sha256, note=note, progress=progress,
                                 label=label or dest.name, timeout=timeout, retries=retries, retry_wait=retry_wait)
         except DownloadError as e:
             failures.append(e)
-            if console is not None:
+            if note is not None:
                 more = "; trying the next mirror" if i + 1 < len(urls) else ""
-                console.print(f"[yellow]![/] {e.url}: {escape(e.reason)}{more}", markup=True, highlight=False,
-                              soft_wrap=True)
+                note(f"download from {e.url} failed: {e.reason}{more}")
             continue
         os.replace(part, dest)
         return got, url
     raise _all_failed(label or dest.name, dest, failures)
 
 
-def _download_one(url: str, part: Path, *, size: int | None, sha256: str | None, console: Console | None,
-                  label: str, timeout: float, retries: int, retry_wait: float) -> str:
+def _download_one(url: str, part: Path, *, size: int | None, sha256: str | None, note: Note | None,
+                  progress: Progress | None, label: str, timeout: float, retries: int, retry_wait: float) -> str:
     resumed_fresh = False
     attempt = 0
     while True:
         started_at = part.stat().st_size if part.exists() else 0
         try:
-            _fetch_with_progress(url, part, size=size, timeout=timeout, console=console, label=label)
+            _fetch(url, part, size=size, timeout=timeout, note=note, progress=progress, label=label)
         except DownloadError as e:
             if e.resumable and attempt < retries:
                 attempt += 1
@@ -242,35 +251,33 @@ def _check_part(url: str, part: Path, *, size: int | None, sha256: str | None) -
     return got if sha256 is None or got == sha256 else None
 
 
-def _fetch_with_progress(url: str, part: Path, *, size: int | None, timeout: float, console: Console | None,
-                         label: str) -> None:
-    """`fetch_to_part` with a Rich bar (bytes, rate, ETA) that appears once the server has answered."""
-    if console is None:
-        fetch_to_part(url, part, size=size, timeout=timeout, on_start=lambda o, t: None, on_bytes=lambda n: None)
-        return
-    progress = _progress(console)
-    task = progress.add_task(label, total=size, start=False)
-    started = False
+def _fetch(url: str, part: Path, *, size: int | None, timeout: float, note: Note | None,
+           progress: Progress | None, label: str) -> None:
+    """`fetch_to_part`, reporting bytes (done, rate, ETA) to `progress` once the server has answered."""
+    shown = False
 
     def start(offset: int, total: int | None) -> None:
-        nonlocal started
-        progress.update(task, completed=offset, total=total)
-        progress.start_task(task)
-        progress.start()
-        started = True
+        nonlocal shown
+        if progress is not None:
+            progress.start(label, offset, total)
+            shown = True
+
+    def advance(n: int) -> None:
+        if progress is not None and shown:
+            progress.advance(n)
 
     try:
-        fetch_to_part(url, part, size=size, timeout=timeout, on_start=start,
-                      on_bytes=lambda n: progress.advance(task, n))
+        fetch_to_part(url, part, size=size, timeout=timeout, on_start=start, on_bytes=advance)
     except KeyboardInterrupt:
-        if started:
+        if progress is not None and shown:
             progress.stop()
-        kept = part.stat().st_size if part.exists() else 0
-        console.print(f"Download paused: {human_size(kept)} kept in {part}; run the same command to resume.",
-                      markup=False, highlight=False, soft_wrap=True)
+            shown = False
+        if note is not None:
+            kept = part.stat().st_size if part.exists() else 0
+            note(f"Download paused: {human_size(kept)} kept in {part}; run the same command to resume.")
         raise
     finally:
-        if started:  # stopping a bar that never started prints an empty line
+        if progress is not None and shown:  # a bar that never started is never stopped (no empty line)
             progress.stop()
 
 
