@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from vqclip import engine
 from vqclip.pipeline import budget, memory, execute as pipeline
+from vqclip.pipeline import oom as oom_handling
 from vqclip.cli import app
 from vqclip.config import build_config
 from vqclip.engine import loop
@@ -221,14 +222,14 @@ def test_oom_mid_step_frees_the_step_and_saves_a_failed_run(tiny_models, tmp_pat
         return values
 
     checked = []
-    real_salvage = pipeline._salvage
+    real_salvage = oom_handling.salvage
 
     def salvage(session, exc):
         checked.append((all(r() is None for r in held), session.z.grad is None))
         return real_salvage(session, exc)
 
     monkeypatch.setattr(loop.Session, "_backward", backward)
-    monkeypatch.setattr(pipeline, "_salvage", salvage)
+    monkeypatch.setattr(oom_handling, "salvage", salvage)
     out = tmp_path / "out"
     cfg = tiny_config(tiny_models, low_memory=low_memory, cutn=6)
     with pytest.raises(VqclipError) as info:
@@ -297,7 +298,7 @@ def test_oom_before_the_first_step_is_one_line_and_leaves_no_folder(tiny_models,
     ((16, 16), 1, True, ["--device cpu"], ["--size", "--cutn", "--low-memory"]),
 ])
 def test_oom_message_names_what_to_lower(size, cutn, low, says, never):
-    msg = pipeline._oom_message(torch.device("cuda"), *size, cutn, low, 16)
+    msg = oom_handling.oom_message(torch.device("cuda"), *size, cutn, low, 16)
     assert all(s in msg for s in says), msg
     assert not any(s in msg for s in never), msg
 
@@ -311,7 +312,7 @@ def test_oom_message_names_what_to_lower(size, cutn, low, says, never):
     (ValueError("CUDA out of memory"), False),
 ])
 def test_is_out_of_memory(exc, is_oom):
-    assert pipeline.is_out_of_memory(exc) is is_oom
+    assert oom_handling.is_out_of_memory(exc) is is_oom
 
 
 # ------------------------------------------------------------------------------------- no kernel image

@@ -7,13 +7,8 @@ itself: notes and progress go to a `Reporter` supplied by the caller (the CLI's 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import platform
-import secrets
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,10 +17,8 @@ from vqclip import __version__
 from vqclip.config import RunConfig
 from vqclip.errors import VqclipError, one_line
 from vqclip.record import DETAILS, IMAGE, STATE, VIDEO, Clip, Continued, Files, RunRecord, Timings, Weights, now_iso
+from vqclip.pipeline import oom
 from vqclip.runs import RunFolder
-
-MAX_IMAGE_BYTES = 64 * 1024 * 1024
-
 
 class Reporter:
     """Silent by default; the CLI subclasses it with Rich output."""
@@ -98,155 +91,6 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def open_image(ref: str, what: str) -> tuple[Any, bytes, str]:
-    """Read an image file (or http(s) URL) fully; any problem is one line naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        if ref.startswith(("http://", "https://")):
-            with urllib.request.urlopen(ref, timeout=30) as resp:  # noqa: S310 (user-given URL)
-                data = resp.read(MAX_IMAGE_BYTES + 1)
-        else:
-            path = Path(ref).expanduser()
-            if not path.is_file():
-                from vqclip.files import path_problem
-
-                problem = path_problem(path)  # a directory, a FIFO (never opened: it would wait), a device…
-                problem = "not found" if problem in (None, "does not exist") else problem
-                raise VqclipError(f"{what} {ref} {problem}; check the path")
-            if path.stat().st_size > MAX_IMAGE_BYTES:  # before reading it all into memory
-                raise VqclipError(f"{what} {ref} is larger than 64 MiB; use a smaller image")
-            data = path.read_bytes()
-        if len(data) > MAX_IMAGE_BYTES:
-            raise VqclipError(f"{what} {ref} is larger than 64 MiB; use a smaller image")
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        img = img.convert("RGB")
-    except VqclipError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else str(e)[:120]
-        raise VqclipError(f"cannot read {what} {ref} ({reason}); give a PNG, JPEG or WebP file") from None
-    suffix = Path(ref.split("?")[0]).suffix.lower()
-    return img, data, suffix if suffix in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff") else ".png"
-
-
-def png_bytes(image: Any, text: dict[str, str]) -> bytes:
-    """Encode the final image as PNG with text chunks carrying the prompt and parameters."""
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
-    from vqclip.pipeline.media import to_uint8
-
-    info = PngInfo()
-    for k, v in text.items():  # a lone surrogate (no UTF-8 for it) goes in as its escape, `\udcff`
-        info.add_itxt(k, v.encode("utf-8", "backslashreplace").decode("utf-8"))
-    buf = io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buf, format="PNG", pnginfo=info)
-    return buf.getvalue()
-
-
-def image_parameters(config: RunConfig, seed: int, global_step: int, size: tuple[int, int]) -> dict[str, str]:
-    """PNG text chunks. They describe the *image* (total steps, resolved size), not the run, so an image reached
-    by a chain of runs carries the same bytes as one reached by a single run with the same settings."""
-    params = config.model_dump(mode="json")
-    params.update({"seed": seed, "steps": global_step, "width": size[0], "height": size[1]})
-    for k in ("save_every", "fps", "device", "compile", "low_memory"):
-        params.pop(k, None)
-    return {"prompt": config.prompt, "parameters": json.dumps(params, sort_keys=True),
-            "Software": f"vqclip {__version__}"}
-
-
-def _is_trusted(ckpt: Path, trusted: list[Path]) -> bool:
-    try:
-        target = ckpt.resolve()
-        return any(Path(t).expanduser().resolve() == target for t in trusted)
-    except OSError:
-        return False
-
-
-OOM_SHRINK = 0.75  # an out-of-memory run is told of a size with this share of its pixels (activations ∝ pixels)
-_OOM_TEXT = ("CUDA out of memory", "MPS backend out of memory", "CUDA error: out of memory",
-             "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A device allocation failed: torch.OutOfMemoryError (torch >= 2.5; torch.cuda.OutOfMemoryError before), or
-    the RuntimeError older torch raises on MPS and cuBLAS/cuDNN raise when their workspace cannot be had."""
-    import torch
-
-    kinds = tuple(k for k in (getattr(torch, "OutOfMemoryError", None),
-                              getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)) if isinstance(k, type))
-    if kinds and isinstance(exc, kinds):
-        return True
-    return isinstance(exc, RuntimeError) and any(t in str(exc) for t in _OOM_TEXT)
-
-
-def _free_after_oom(exc: BaseException, session: Any, device: Any) -> None:
-    """Let go of what the failed step held (its frames' tensors, the gradients) and hand the device's cache back,
-    so the last good latent can still be decoded and saved."""
-    import gc
-    import traceback
-
-    from vqclip.pipeline import budget
-
-    traceback.clear_frames(exc.__traceback__)  # the frames of the step: activations, cutouts, losses
-    if session is not None:
-        opt = getattr(session, "opt", None)
-        if opt is not None:
-            opt.zero_grad(set_to_none=True)
-        if getattr(session, "z", None) is not None:
-            session.z.grad = None
-    gc.collect()
-    budget.release_device_cache(device)
-
-
-def _smaller_size(width: int, height: int, factor: int) -> tuple[int, int] | None:
-    """The size with OOM_SHRINK of the pixels (same aspect, multiples of the VQGAN factor), if smaller."""
-    scale = OOM_SHRINK ** 0.5
-    w, h = max(factor, int(width * scale) // factor * factor), max(factor, int(height * scale) // factor * factor)
-    if (w, h) == (width, height):
-        return None
-    return w, h
-
-
-def _oom_message(device: Any, width: int, height: int, cutn: int, low_memory: bool, factor: int) -> str:
-    """One line: where it ran out, and what to lower (not --low-memory when the run already used it)."""
-    mode = " in low-memory mode" if low_memory else ""
-    head = f"the GPU ({device}) ran out of memory at {width}x{height} with cutn {cutn}{mode}"
-    tips = [] if low_memory else ["pass --low-memory"]
-    smaller = _smaller_size(width, height, factor)
-    if smaller:
-        tips.append(f"try --size {smaller[0]}x{smaller[1]}")
-    if cutn > 1:
-        tips.append(f"lower --cutn (e.g. {max(1, cutn // 2)})")
-    if not tips:  # the smallest run there is
-        tips.append("free the memory other programs hold on it, or use --device cpu")
-    return f"{head}; {', '.join(tips[:-1])}{' or ' if len(tips) > 1 else ''}{tips[-1]}"
-
-
-def _load_oom_message(device: Any, cfg: RunConfig, plan: Any) -> str:
-    from vqclip.pipeline.memory import fmt
-
-    budget = f", {fmt(plan.budget)} was free" if plan.budget is not None else ""
-    return (f"the GPU ({device}) ran out of memory while loading {cfg.model} + {cfg.clip_model} and embedding "
-            f"the prompts (about {fmt(plan.estimate.load_phase)} estimated{budget}); close other programs using "
-            "the GPU, pick a smaller --clip-model, or use --device cpu")
-
-
-def _salvage(session: Any, exc: BaseException) -> Any:
-    """After an error mid-run (not Ctrl-C), the steps already done are worth a `failed` run folder."""
-    partial = getattr(session, "partial", None)
-    if isinstance(exc, KeyboardInterrupt) or not isinstance(exc, Exception) or partial is None \
-            or partial.steps_done == 0:
-        return None
-    try:
-        partial.image = session.image()
-    except Exception:
-        return None
-    return partial
-
-
 def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
     """Do one run and leave a complete run folder (finished, interrupted or failed), or nothing at all. The
     device's cached memory goes back to the driver at the end, so runs in one process do not pile up."""
@@ -258,7 +102,7 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
     try:
         return _execute(req, reporter or Reporter(), used)
     except BaseException as exc:
-        if isinstance(exc, VqclipError) or is_out_of_memory(exc):  # one line for the user: the frames can go
+        if isinstance(exc, VqclipError) or oom.is_out_of_memory(exc):  # one line for the user: the frames can go
             traceback.clear_frames(exc.__traceback__)
         raise
     finally:
@@ -268,66 +112,22 @@ def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
 def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome:
     from vqclip import engine
     from vqclip.engine.loop import BadState
-    from vqclip.state import save_state
     from vqclip.pipeline import budget
-    from vqclip.engine.precision import Precision, choose_precision
-    from vqclip.prompts import floor_size
-    from vqclip.pipeline.media import VideoWriter
-    from vqclip.pipeline.settings import settings_from_config
-    from vqclip.weights.resolve import resolve_model
+    from vqclip.pipeline.load import load_run
+    from vqclip.pipeline.media import VideoWriter, image_parameters, png_bytes
+    from vqclip.state import save_state
 
     cfg = req.config
     t_start = time.perf_counter()
-    seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
-
-    # Inputs first: a bad image should fail in a second, not after loading a gigabyte.
-    init = open_image(cfg.init_image, "init image") if cfg.init_image and req.state is None \
-        and req.start_image is None else None
-    image_prompts = [(open_image(spec.path, "image prompt"), spec) for spec in cfg.image_prompt_specs]
-
-    files = resolve_model(cfg.model, weights_dir=req.weights_dir, download=req.download, note=rep.note,
-                          progress=rep.transfer())
-    spec = engine.read_spec(files.yaml_path)
-    width, height = floor_size(cfg.width, cfg.height, spec.factor)
-    if (width, height) != (cfg.width, cfg.height):
-        rep.note(f"size {cfg.width}x{cfg.height} floored to {width}x{height} "
-                 f"(a multiple of {spec.factor}, this model's downsampling factor)")
-    device = engine.pick_device(cfg.device, on_fallback=rep.note)
-    used["device"] = device
-    start_image = req.start_image if req.start_image is not None else (init[0] if init else None)
-    # Memory: refuse up front a run that will not fit (naming the largest size that would), and switch
-    # low-memory mode on when the estimate says so (vqclip.pipeline.budget); per-module precision (engine.precision).
-    precision = choose_precision(cfg.precision, device)
-    if req.inherit_precision is not None and cfg.precision == "auto" and req.inherit_precision[0] == device.type:
-        with contextlib.suppress(ValueError):
-            precision = Precision.parse(req.inherit_precision[1])
-    precision.apply(device)
-    plan = budget.plan_run(cfg, spec, width, height, device, precision, with_encoder=start_image is not None,
-                           first_load_bytes=budget.first_load_bytes(files.ckpt_path))
-    if plan.note:
-        rep.note(plan.note)
-    settings = settings_from_config(cfg, width=width, height=height, seed=seed, autocast_dtype=precision.decoder,
-                                    clip_autocast_dtype=precision.clip, loss_scale=precision.loss_scale,
-                                    low_memory=plan.low_memory, clip_chunk=plan.clip_chunk)
-    t_load = time.perf_counter()
-    models = prompts = None
-    try:
-        models = engine.load_models(files.yaml_path, files.ckpt_path, cfg.clip_model, cfg.clip_pretrained, device,
-                                    with_encoder=start_image is not None,
-                                    trust=_is_trusted(files.ckpt_path, req.trusted))
-        prompts = engine.build_prompts(models, settings, cfg.text_prompts,
-                                       [(img, spec_) for (img, _, _), spec_ in image_prompts],
-                                       cfg.noise_prompt_specs)
-    except BaseException as exc:
-        if not is_out_of_memory(exc):
-            raise
-        models = prompts = None
-        _free_after_oom(exc, None, device)
-        raise VqclipError(_load_oom_message(device, cfg, plan)) from None
-    load_s = time.perf_counter() - t_load
+    run = load_run(cfg, weights_dir=req.weights_dir, download=req.download, trusted=req.trusted, reporter=rep,
+                   used=used, start_image=req.start_image, has_state=req.state is not None,
+                   inherit_precision=req.inherit_precision)
+    seed, files, spec, width, height, device = run.seed, run.files, run.spec, run.width, run.height, run.device
+    precision, plan, settings, models, prompts = run.precision, run.plan, run.settings, run.models, run.prompts
+    init, image_prompts, start_image, load_s = run.init, run.image_prompts, run.start_image, run.load_s
 
     def oom_text() -> str:
-        return _oom_message(device, width, height, cfg.cutn, plan.low_memory, spec.factor)
+        return oom.oom_message(device, width, height, cfg.cutn, plan.low_memory, spec.factor)
 
     folder = RunFolder(req.output_dir, req.run_id).create()
     created = now_iso()
@@ -386,14 +186,14 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
             video.append(result.image)
         status = "interrupted" if result.stopped else "finished"
     except BaseException as exc:
-        oom = is_out_of_memory(exc)
-        if oom:  # free the failed step's tensors first: decoding the last good latent needs the room
-            _free_after_oom(exc, session, device)
-        result = _salvage(session, exc)
+        out_of_memory = oom.is_out_of_memory(exc)
+        if out_of_memory:  # free the failed step's tensors first: decoding the last good latent needs the room
+            oom.free_after_oom(exc, session, device)
+        result = oom.salvage(session, exc)
         if result is None:  # nothing worth keeping: leave no folder at all
             video.close()
             folder.discard()
-            if oom:
+            if out_of_memory:
                 raise VqclipError(oom_text()) from None
             raise
         failure = exc
@@ -431,12 +231,11 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
             raise folder.write_failed(exc) from None
         raise
     if failure is not None:
-        what = oom_text() if is_out_of_memory(failure) \
+        what = oom_text() if oom.is_out_of_memory(failure) \
             else f"the run failed at step {result.global_step + 1} ({error})"
         raise VqclipError(f"{what}; the {result.steps_done} steps done were saved as run {folder.id} "
                           f"(status failed), and `vqclip continue {folder.id}` picks them up") from None
     return RunOutcome(folder.id, path, status, result.steps_done, result.global_step, record)
 
 
-__all__ = ["Reporter", "RunRequest", "RunOutcome", "execute", "open_image", "png_bytes", "image_parameters",
-           "versions", "is_out_of_memory", "DETAILS"]
+__all__ = ["Reporter", "RunRequest", "RunOutcome", "execute", "versions", "DETAILS"]

@@ -1,4 +1,5 @@
-"""Progress video: frames streamed into an mp4 with imageio-ffmpeg's bundled ffmpeg (libx264, yuv420p).
+"""Images and videos in and out of a run: input images read safely, the PNG with its text chunks, and the
+progress video streamed into an mp4 with imageio-ffmpeg's bundled ffmpeg (libx264, yuv420p).
 
 yuv420p needs even frame sizes; odd frames made peers' libx264 write a 0-byte mp4 without a word, so frames are
 cropped to even sizes and the file is checked after closing.
@@ -6,10 +7,18 @@ cropped to even sizes and the file is checked after closing.
 
 from __future__ import annotations
 
+import io
+import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vqclip import __version__
+from vqclip.errors import VqclipError
+
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
 
 def to_uint8(frame: Any) -> np.ndarray:
@@ -83,3 +92,60 @@ def concat_videos(sources: list[Path], dest: Path, fps: int) -> Path | None:
         finally:
             reader.close()
     return writer.close()
+
+
+def open_image(ref: str, what: str) -> tuple[Any, bytes, str]:
+    """Read an image file (or http(s) URL) fully; any problem is one line naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if ref.startswith(("http://", "https://")):
+            with urllib.request.urlopen(ref, timeout=30) as resp:  # noqa: S310 (user-given URL)
+                data = resp.read(MAX_IMAGE_BYTES + 1)
+        else:
+            path = Path(ref).expanduser()
+            if not path.is_file():
+                from vqclip.files import path_problem
+
+                problem = path_problem(path)  # a directory, a FIFO (never opened: it would wait), a device…
+                problem = "not found" if problem in (None, "does not exist") else problem
+                raise VqclipError(f"{what} {ref} {problem}; check the path")
+            if path.stat().st_size > MAX_IMAGE_BYTES:  # before reading it all into memory
+                raise VqclipError(f"{what} {ref} is larger than 64 MiB; use a smaller image")
+            data = path.read_bytes()
+        if len(data) > MAX_IMAGE_BYTES:
+            raise VqclipError(f"{what} {ref} is larger than 64 MiB; use a smaller image")
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        img = img.convert("RGB")
+    except VqclipError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else str(e)[:120]
+        raise VqclipError(f"cannot read {what} {ref} ({reason}); give a PNG, JPEG or WebP file") from None
+    suffix = Path(ref.split("?")[0]).suffix.lower()
+    return img, data, suffix if suffix in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff") else ".png"
+
+
+def png_bytes(image: Any, text: dict[str, str]) -> bytes:
+    """Encode the final image as PNG with text chunks carrying the prompt and parameters."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for k, v in text.items():  # a lone surrogate (no UTF-8 for it) goes in as its escape, `\udcff`
+        info.add_itxt(k, v.encode("utf-8", "backslashreplace").decode("utf-8"))
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def image_parameters(config: Any, seed: int, global_step: int, size: tuple[int, int]) -> dict[str, str]:
+    """PNG text chunks. They describe the *image* (total steps, resolved size), not the run, so an image reached
+    by a chain of runs carries the same bytes as one reached by a single run with the same settings."""
+    params = config.model_dump(mode="json")
+    params.update({"seed": seed, "steps": global_step, "width": size[0], "height": size[1]})
+    for k in ("save_every", "fps", "device", "compile", "low_memory"):
+        params.pop(k, None)
+    return {"prompt": config.prompt, "parameters": json.dumps(params, sort_keys=True),
+            "Software": f"vqclip {__version__}"}

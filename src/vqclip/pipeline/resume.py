@@ -277,7 +277,7 @@ def continue_request(plan: Plan, *, output_dir: Path, weights_dir: Path | None =
     rep = reporter or Reporter()
     start_image = None
     if plan.start != "state":
-        from vqclip.pipeline.execute import open_image
+        from vqclip.pipeline.media import open_image
 
         start_image = open_image(str(plan.parent.image), "parent image")[0]
     continued = Continued(from_=plan.parent.id, from_step=plan.parent_step, start=plan.start, resize=plan.resize)

@@ -1,0 +1,96 @@
+"""Everything a run needs before its first step, shared by `generate`, `continue` and `animate`: the inputs read
+(a bad image fails in a second, not after loading a gigabyte), the weights resolved, the size floored to the
+model's factor, the device and precision chosen, the memory plan made (refusing a run that will not fit), the
+models loaded once and the prompts embedded."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vqclip.config import RunConfig
+from vqclip.errors import VqclipError
+
+
+@dataclass
+class LoadedRun:
+    seed: int
+    files: Any  # weights.resolve.ModelFiles
+    spec: Any  # engine.vqgan.VQGANSpec
+    width: int
+    height: int
+    device: Any
+    precision: Any  # engine.precision.Precision
+    plan: Any  # pipeline.budget.Plan
+    settings: Any  # engine.LoopSettings
+    models: Any  # engine.Models
+    prompts: list[Any]
+    init: tuple[Any, bytes, str] | None  # (image, bytes, suffix) of --init-image
+    image_prompts: list[tuple[tuple[Any, bytes, str], Any]]  # ((image, bytes, suffix), spec)
+    start_image: Any
+    load_s: float
+
+
+def load_run(cfg: RunConfig, *, weights_dir: Path | None, download: bool, trusted: list[Path], reporter: Any,
+             used: dict[str, Any], start_image: Any = None, has_state: bool = False,
+             inherit_precision: tuple[str, str] | None = None, with_encoder: bool = False) -> LoadedRun:
+    """`used["device"]` is set as soon as the device is known, so the caller can release its cache whatever
+    happens next. `with_encoder` keeps the VQGAN's encoder even without a start image (animation re-encodes)."""
+    from vqclip import engine
+    from vqclip.engine.precision import Precision, choose_precision
+    from vqclip.pipeline import budget, oom
+    from vqclip.pipeline.media import open_image
+    from vqclip.pipeline.settings import settings_from_config
+    from vqclip.prompts import floor_size
+    from vqclip.weights.checkpoint import is_trusted
+    from vqclip.weights.resolve import resolve_model
+
+    rep = reporter
+    seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
+    init = open_image(cfg.init_image, "init image") if cfg.init_image and not has_state \
+        and start_image is None else None
+    image_prompts = [(open_image(spec.path, "image prompt"), spec) for spec in cfg.image_prompt_specs]
+
+    files = resolve_model(cfg.model, weights_dir=weights_dir, download=download, note=rep.note,
+                          progress=rep.transfer())
+    spec = engine.read_spec(files.yaml_path)
+    width, height = floor_size(cfg.width, cfg.height, spec.factor)
+    if (width, height) != (cfg.width, cfg.height):
+        rep.note(f"size {cfg.width}x{cfg.height} floored to {width}x{height} "
+                 f"(a multiple of {spec.factor}, this model's downsampling factor)")
+    device = engine.pick_device(cfg.device, on_fallback=rep.note)
+    used["device"] = device
+    start = start_image if start_image is not None else (init[0] if init else None)
+    encoder = with_encoder or start is not None
+    precision = choose_precision(cfg.precision, device)
+    if inherit_precision is not None and cfg.precision == "auto" and inherit_precision[0] == device.type:
+        with contextlib.suppress(ValueError):
+            precision = Precision.parse(inherit_precision[1])
+    precision.apply(device)
+    plan = budget.plan_run(cfg, spec, width, height, device, precision, with_encoder=encoder,
+                           first_load_bytes=budget.first_load_bytes(files.ckpt_path))
+    if plan.note:
+        rep.note(plan.note)
+    settings = settings_from_config(cfg, width=width, height=height, seed=seed, autocast_dtype=precision.decoder,
+                                    clip_autocast_dtype=precision.clip, loss_scale=precision.loss_scale,
+                                    low_memory=plan.low_memory, clip_chunk=plan.clip_chunk)
+    t_load = time.perf_counter()
+    models = prompts = None
+    try:
+        models = engine.load_models(files.yaml_path, files.ckpt_path, cfg.clip_model, cfg.clip_pretrained, device,
+                                    with_encoder=encoder, trust=is_trusted(files.ckpt_path, trusted))
+        prompts = engine.build_prompts(models, settings, cfg.text_prompts,
+                                       [(img, spec_) for (img, _, _), spec_ in image_prompts],
+                                       cfg.noise_prompt_specs)
+    except BaseException as exc:
+        if not oom.is_out_of_memory(exc):
+            raise
+        models = prompts = None
+        oom.free_after_oom(exc, None, device)
+        raise VqclipError(oom.load_oom_message(device, cfg, plan)) from None
+    return LoadedRun(seed, files, spec, width, height, device, precision, plan, settings, models, prompts, init,
+                     image_prompts, start, time.perf_counter() - t_load)
