@@ -51,6 +51,8 @@ class Animation(BaseModel):
     interpolate: int = Field(1, ge=1, le=8, description="Also write a video with N times the frame rate "
                                                         "(ffmpeg motion interpolation); 1 = none.")
     reset_optimizer: bool = Field(True, description="Start the optimiser afresh every frame.")
+    story_frames: int | None = Field(None, ge=1, le=100_000,
+                                     description="Frames a story prompt's stages are spread over (the first plan).")
     frames_done: int = Field(0, ge=0)
     per_frame: list[FrameStat] = Field(default_factory=list)
 

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from vqclip import __version__
+from vqclip.errors import Terminated
 
 
 # Command groups imported only when one of them runs: `vqclip --help` lists them from these lines, so it does not
@@ -55,6 +56,7 @@ def build_app() -> Any:
 
     from vqclip.commands.common import CONTEXT
     from vqclip.commands.continue_ import continue_run
+    from vqclip.commands.animate import animate
     from vqclip.commands.generate import generate
     from vqclip.commands.selftest import selftest
 
@@ -74,6 +76,7 @@ def build_app() -> Any:
 
     app.command(context_settings=CONTEXT)(generate)
     app.command("continue", context_settings=CONTEXT)(continue_run)
+    app.command(context_settings=CONTEXT)(animate)
     app.command(context_settings=CONTEXT)(selftest)  # then weights, runs and gallery (LAZY_GROUPS)
     return app
 
@@ -86,14 +89,42 @@ def __getattr__(name: str) -> Any:  # `from vqclip.cli import app` (tests, pytho
     raise AttributeError(name)
 
 
-_TERMINATED: list[int] = []  # SIGTERMs seen by `_terminated` (Typer turns every KeyboardInterrupt into 130)
+_TERMINATED: list[int] = []  # SIGTERMs seen by `_interrupt` (Typer turns every KeyboardInterrupt into 130)
+_PENDING: list[int] = []  # a signal that came during an import, retried by `_retry`
+_RETRY_S = 0.05
 
 
-def _terminated(signum: int, frame: Any) -> None:
-    from vqclip.errors import Terminated
+def _in_import(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
-    _TERMINATED.append(signum)
-    raise Terminated
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C and SIGTERM: unwind (KeyboardInterrupt, or Terminated: exit 143) so that temp folders go. Never
+    inside an import, though: there Python may swallow the exception (in importlib's weakref callback) or turn
+    it into a RuntimeError with a traceback (in `__set_name__`), and a half-imported torch cannot be imported
+    again. A signal that comes during an import is retried every 50 ms until the import is done (seconds for
+    torch at most). `StopOnInterrupt` hands a signal here while a run has nothing to save yet."""
+    if _in_import(frame) and hasattr(signal, "setitimer"):
+        _PENDING[:] = [signum]
+        signal.setitimer(signal.ITIMER_REAL, _RETRY_S)
+        return
+    if signum == signal.SIGTERM:
+        _TERMINATED.append(signum)
+        raise Terminated
+    raise KeyboardInterrupt
+
+
+def _retry(alarm: int, frame: Any) -> None:
+    """SIGALRM after a signal was held back during an import: deliver it to whatever handles it now."""
+    if not _PENDING:
+        return
+    signum = _PENDING.pop()
+    handler = signal.getsignal(signum)
+    (handler if callable(handler) else _interrupt)(signum, frame)
 
 
 def _usage_line(exc: Any) -> None:
@@ -139,23 +170,24 @@ def main() -> None:
     if sys.argv[1:] == ["--version"]:
         print(f"vqclip {__version__}")
         return
-    previous = signal.signal(signal.SIGTERM, _terminated)  # SIGTERM unwinds like Ctrl-C: temp folders go
+    handled = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGALRM] if hasattr(signal, "SIGALRM") else [])
+    previous = {sig: signal.signal(sig, _retry if sig == getattr(signal, "SIGALRM", None) else _interrupt)
+                for sig in handled}  # SIGTERM unwinds like Ctrl-C: temp folders go
     try:
         from vqclip import hugepages
 
         hugepages.enable()  # before anything imports torch
         code = _run(build_app())
+        common = sys.modules.get("vqclip.commands.common")
+        said = bool(getattr(common, "STOP_REPORTED", None))  # "Interrupted." printed by the command already
     except KeyboardInterrupt as e:  # before a command's own handler is in place (imports, argument parsing)
-        from vqclip.errors import Terminated
-
-        code = 143 if isinstance(e, Terminated) else 130
-        print("Terminated." if code == 143 else "Interrupted.", file=sys.stderr)
+        code, said = (143 if isinstance(e, Terminated) else 130), False
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if code == 130 and _TERMINATED:  # a SIGTERM that Typer caught as a KeyboardInterrupt while parsing
         code = 143
-    common = sys.modules.get("vqclip.commands.common")
-    if code in (130, 143) and not getattr(common, "STOP_REPORTED", [0]):  # Typer ended it silently
+    if code in (130, 143) and not said:
         print("Terminated." if code == 143 else "Interrupted.", file=sys.stderr)
     sys.exit(code)
 

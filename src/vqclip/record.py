@@ -109,7 +109,7 @@ class Clip(Section):
 class Files(Section):
     """Names of the files in the run folder (None: not written)."""
 
-    omit_when_none: ClassVar[frozenset[str]] = frozenset({"chain_video"})
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"chain_video", "frames", "video_interpolated"})
 
     image: Optional[str] = None
     video: Optional[str] = None
@@ -117,6 +117,8 @@ class Files(Section):
     init_image: Optional[str] = None
     image_prompts: list[str] = Field(default_factory=list)
     chain_video: Optional[str] = None  # the last stage of a chain: the stages' videos as one
+    frames: Optional[str] = None  # an animation: the folder of its frame PNGs
+    video_interpolated: Optional[str] = None  # an animation made with --interpolate N
 
 
 class Continued(Section):
@@ -131,7 +133,7 @@ class Continued(Section):
 class RunRecord(Section):
     """details.json. Field order is the file's key order; unknown keys follow."""
 
-    omit_when_none: ClassVar[frozenset[str]] = frozenset({"continue", "chain"})
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"continue", "chain", "animation"})
 
     schema_: Int = Field(SCHEMA, alias="schema")
     id: Optional[str] = None
@@ -162,6 +164,7 @@ class RunRecord(Section):
     files: Files = Field(default_factory=Files)
     continue_: Optional[Continued] = Field(None, alias="continue")  # a continued run only
     chain: Optional[list[str]] = None  # the last stage of a chain: every stage's id, in order
+    animation: Optional[dict[str, Any]] = None  # an animation run: vqclip.animation.Animation, as JSON
 
 
 SECTIONS: dict[str, type[Section]] = {"timings": Timings, "weights": Weights, "clip": Clip, "files": Files,

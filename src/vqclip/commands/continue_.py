@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -29,6 +29,9 @@ def continue_run(
     noise_prompt: Optional[List[str]] = O.NOISE_PROMPT,
     size: Optional[str] = O.SIZE,
     resize: Optional[str] = RESIZE,
+    frames: Optional[int] = typer.Option(None, "--frames", "-f", min=1, max=100_000,
+                                         help="An animation: add this many frames (default: finish an "
+                                              "interrupted one)."),
     steps: Optional[int] = O.STEPS,
     seed: Optional[int] = O.SEED,
     model: Optional[str] = O.MODEL,
@@ -90,6 +93,13 @@ def continue_run(
         resize = resize.strip().lower()
     parent = find_run(run, output_dir or Path("output"))
     record = parent.checked()  # a details.json field of the wrong type: one line naming it, before anything else
+    if record.animation is not None:
+        _extend_animation(parent, frames, flags, output_dir=output_dir, weights_dir=weights_dir,
+                          download=not no_download, trusted=list(trust_checkpoint or []), quiet=quiet)
+        return
+    if frames is not None:
+        raise UsageError(f"--frames adds frames to an animation, and {parent.id} is not one; use --steps, or make "
+                         "one with `vqclip animate`")
     if resize is not None and resize not in RESIZE_MODES:
         raise UsageError(f"--resize {resize!r}: use crop, pad or stretch")
     inherit_config(parent, flags, config)  # a bad flag or --config: one line, before torch loads
@@ -106,3 +116,32 @@ def continue_run(
     report_outcome(outcome)
     if outcome.status == "interrupted":
         report_interrupted(stop, "the partial run above was saved; `vqclip continue` picks it up.")
+
+
+ANIMATION_FLAGS = {"device", "precision"}  # what may change when an animation goes on; the rest carries over
+
+
+def _extend_animation(parent: Any, frames: Optional[int], flags: dict[str, Any], *, output_dir: Optional[Path],
+                      weights_dir: Optional[Path], download: bool, trusted: list[Path], quiet: bool) -> None:
+    """`continue ANIMATION [--frames M]`: the next frames, the schedules carried on, a new run folder."""
+    from vqclip.commands.progress import RichReporter, StopOnInterrupt, report_interrupted, report_outcome
+    from vqclip.errors import UsageError
+    from vqclip.pipeline.animate import animate, extension_request
+
+    other = sorted(set(flags) - ANIMATION_FLAGS)
+    if other:
+        names = ", ".join("--" + ("size" if k in ("width", "height") else k.replace("_", "-")) for k in other)
+        raise UsageError(f"{parent.id} is an animation: it goes on with its own settings, so {names} cannot "
+                         "change; pass --frames M (and --device or --precision), or start anew with `vqclip animate`")
+    reporter = RichReporter(quiet=quiet, label="animating")
+    with StopOnInterrupt() as stop:
+        req, notes = extension_request(parent, frames, output_dir=output_dir, weights_dir=weights_dir,
+                                       download=download, trusted=trusted, should_stop=stop,
+                                       device=flags.get("device"), precision=flags.get("precision"))
+        for note in notes:
+            reporter.note(note)
+        outcome = animate(req, reporter)
+    report_outcome(outcome)
+    if outcome.status == "interrupted":
+        done = (outcome.record.animation or {}).get("frames_done")
+        report_interrupted(stop, f"{done} frames were saved; `vqclip continue {outcome.id}` makes the rest.")

@@ -219,6 +219,21 @@ class Session:
         self.notes.append(f"the saved cutout-noise random state is from {saved_on}, not {self.device.type}: "
                           "continuing with one derived from the seed (same latent and optimizer, other noise)")
 
+    def restart_from(self, z: torch.Tensor, *, keep_optimizer: bool = False) -> None:
+        """Go on from a new latent (an animation's next frame, warped and re-encoded), which is also the new MSE
+        anchor. The optimiser starts afresh unless `keep_optimizer`: then its moments carry over to the new
+        latent (same grid). The step counter and the random streams go on."""
+        new = z.detach().to(self.device, torch.float32).clone().requires_grad_(True)
+        if keep_optimizer and new.shape == self.z.shape:
+            moments = self.opt.state.pop(self.z, None)
+            self.opt.param_groups[0]["params"] = [new]
+            if moments is not None:
+                self.opt.state[new] = moments
+        else:
+            self.opt = make_optimizer(self.s.optimizer, [new], self.s.lr)
+        self.z = new
+        self.z_anchor = new.detach().clone()
+
     # -- the model ---------------------------------------------------------------------------------------
     def synth(self, z: torch.Tensor) -> torch.Tensor:
         """Latent → image in [0, 1] with straight-through quantisation and a gradient-preserving clamp."""

@@ -17,11 +17,11 @@ from typing import Any
 from vqclip.record import Files
 from vqclip.runs import RunInfo
 
-CARD_VERSION = 4  # bump when card fields or coercion change: cached cards are then rebuilt
+CARD_VERSION = 5  # bump when card fields or coercion change: cached cards are then rebuilt
 
 # Every card has these; a cached card without one of them (a hand-edited cache) is made afresh.
 CARD_KEYS = frozenset({"id", "prompt", "model", "clip", "w", "h", "steps", "planned", "seed", "status", "error",
-                       "date", "iso", "seconds", "parent", "root", "stage", "declared"})
+                       "date", "iso", "seconds", "parent", "root", "stage", "declared", "frames"})
 
 MAX_PROMPT = 4000  # a pasted novel should not make a 2,000-run page heavy
 MAX_LABEL = 120
@@ -131,7 +131,14 @@ def card_from_run(run: RunInfo) -> dict[str, Any]:
         "root": run.root,
         "stage": r.stage if "stage" in r.model_fields_set and r.stage <= 100_000 else None,  # None: unknown
         "declared": _declared_files(r.files),
+        "frames": _frames_done(r.animation),
     }
+
+
+def _frames_done(animation: Any) -> int | None:
+    """An animation's frame count (None for other runs, or a count that is not a sensible number)."""
+    done = animation.get("frames_done") if isinstance(animation, dict) else None
+    return done if isinstance(done, int) and not isinstance(done, bool) and 0 <= done <= 10_000_000 else None
 
 
 def _declared_files(files: Files) -> list[str]:

@@ -149,3 +149,34 @@ def image_parameters(config: Any, seed: int, global_step: int, size: tuple[int, 
         params.pop(k, None)
     return {"prompt": config.prompt, "parameters": json.dumps(params, sort_keys=True),
             "Software": f"vqclip {__version__}"}
+
+
+def interpolate_video(src: Path, dest: Path, factor: int, fps: int, timeout: float = 3600) -> str | None:
+    """`src` at `factor` times its frame rate by ffmpeg's motion-compensated interpolation (imageio-ffmpeg's
+    bundled binary), written to `dest` whole or not at all. Returns None, or why it could not be made."""
+    import subprocess
+
+    try:
+        import imageio_ffmpeg
+
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception as e:  # no bundled binary for this platform
+        return f"no ffmpeg ({type(e).__name__})"
+    from vqclip.files import temp_path
+
+    tmp = temp_path(dest)
+    cmd = [exe, "-v", "error", "-nostdin", "-y", "-i", str(src), "-vf",
+           f"minterpolate=fps={fps * factor}:mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-f", "mp4", str(tmp)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
+            lines = (done.stderr or "").strip().splitlines()
+            return f"ffmpeg failed ({lines[-1][:160] if lines else f'exit {done.returncode}'})"
+        tmp.replace(dest)
+        return None
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"ffmpeg failed ({type(e).__name__})"
+    finally:
+        if tmp.exists():
+            tmp.unlink()

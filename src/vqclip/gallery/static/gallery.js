@@ -68,8 +68,12 @@
     if (done !== null && planned !== null && done !== planned) return fmt(done) + "/" + fmt(planned) + " steps";
     return fmt(done !== null ? done : planned) + " steps";
   }
+  function framesText(r) {
+    var n = num(r.frames);
+    return n === null ? "" : fmt(n) + (n === 1 ? " frame" : " frames");
+  }
   function metaText(r) {
-    return [str(r.model), sizeText(r), stepsText(r), str(r.seed) ? "seed " + str(r.seed) : "", str(r.date)]
+    return [str(r.model), sizeText(r), framesText(r), stepsText(r), str(r.seed) ? "seed " + str(r.seed) : "", str(r.date)]
       .filter(Boolean).join(" · ");
   }
 
@@ -107,7 +111,7 @@
     if (r.video === true && !kiosk) {
       var play = el("button", "play", "▶ Play");
       play.type = "button";
-      play.setAttribute("aria-label", "Play the progression video");
+      play.setAttribute("aria-label", num(r.frames) === null ? "Play the progression video" : "Play the animation");
       media.appendChild(play);
     }
     return media;
@@ -146,7 +150,7 @@
       modelName.title = str(r.clip) ? str(r.model) + " + " + str(r.clip) : str(r.model);
       meta.appendChild(modelName);
       var facts = el("div", "facts");
-      [sizeText(r), stepsText(r), str(r.seed) ? "seed " + str(r.seed) : ""].forEach(function (t) {
+      [sizeText(r), framesText(r), stepsText(r), str(r.seed) ? "seed " + str(r.seed) : ""].forEach(function (t) {
         if (t) facts.appendChild(el("span", "", t));
       });
       meta.appendChild(facts);
@@ -161,7 +165,7 @@
       foot.appendChild(time);
       var links = el("span", "links");
       links.appendChild(link("details", href(id, "details.json")));
-      if (r.video === true) links.appendChild(link("video", href(id, "anim.mp4")));
+      if (r.video === true) links.appendChild(link(num(r.frames) === null ? "video" : "animation", href(id, "anim.mp4")));
       (Array.isArray(r.inputs) ? r.inputs : []).forEach(function (inp) {
         if (inp && SAFE.test(str(inp.file))) links.appendChild(link(str(inp.label) || "input", href(id, inp.file)));
       });
