@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -14,6 +14,7 @@ SCHEDULE_HELP = 'a number, or keyframes "FRAME:(VALUE), …" (linear between key
 
 
 @handle_errors
+@O.run_options(skip=("steps", "save_every"))
 def animate(
     prompt: Optional[str] = typer.Argument(None, help='Text prompts: "text[:weight[:stop]] | …"; a story '
                                                       '"a ^ b ^ c" spreads its stages evenly over the frames.'),
@@ -32,35 +33,9 @@ def animate(
                                     help="Also write anim_xN.mp4 at N times the frame rate (motion interpolation)."),
     reset_optimizer: bool = typer.Option(True, "--reset-optimizer/--keep-optimizer",
                                          help="Start the optimiser afresh every frame, or keep its moments."),
-    image_prompt: Optional[List[str]] = O.IMAGE_PROMPT,
-    noise_prompt: Optional[List[str]] = O.NOISE_PROMPT,
-    init_image: Optional[str] = O.INIT_IMAGE,
-    size: Optional[str] = O.SIZE,
-    seed: Optional[int] = O.SEED,
-    model: Optional[str] = O.MODEL,
-    clip_model: Optional[str] = O.CLIP_MODEL,
-    clip_pretrained: Optional[str] = O.CLIP_PRETRAINED,
-    cutn: Optional[int] = O.CUTN,
-    cut_pow: Optional[float] = O.CUT_POW,
-    augment: Optional[bool] = O.AUGMENT,
-    noise_fac: Optional[float] = O.NOISE_FAC,
-    optimizer: Optional[str] = O.OPTIMIZER,
-    lr: Optional[float] = O.LR,
-    init_weight: Optional[float] = O.INIT_WEIGHT,
-    init_weight_decay: Optional[float] = O.INIT_WEIGHT_DECAY,
-    init_weight_decay_every: Optional[int] = O.INIT_WEIGHT_DECAY_EVERY,
-    tv_weight: Optional[float] = O.TV_WEIGHT,
-    fps: Optional[int] = O.FPS,
-    device: Optional[str] = O.DEVICE,
-    precision: Optional[str] = O.PRECISION,
-    low_memory: Optional[bool] = O.LOW_MEMORY,
-    compile: Optional[bool] = O.COMPILE,
-    config: Optional[Path] = O.CONFIG,
     output_dir: Path = O.OUTPUT_DIR,
-    weights_dir: Optional[Path] = O.WEIGHTS_DIR,
-    no_download: bool = O.NO_DOWNLOAD,
-    trust_checkpoint: Optional[List[Path]] = O.TRUST,
-    quiet: bool = O.QUIET,
+    *,
+    flags: O.RunFlags,
 ) -> None:
     """Make a video: each frame is the last one moved (zoom, turn, pan), re-encoded and iterated further.
 
@@ -76,21 +51,18 @@ def animate(
     from vqclip.pipeline.animate import animate as run_animation
 
     cfg, animation = animation_settings(
-        config, O.overrides(
-            size, prompt=prompt, image_prompts=image_prompt, noise_prompts=noise_prompt, init_image=init_image,
-            steps=steps_per_frame, seed=seed, model=model, clip_model=clip_model, clip_pretrained=clip_pretrained,
-            cutn=cutn, cut_pow=cut_pow, augment=augment, noise_fac=noise_fac, optimizer=optimizer, lr=lr,
-            init_weight=init_weight, init_weight_decay=init_weight_decay,
-            init_weight_decay_every=init_weight_decay_every, tv_weight=tv_weight, fps=fps, device=device,
-            precision=precision, low_memory=low_memory, compile=compile),
+        flags.config, flags.overrides(prompt=prompt, steps=steps_per_frame),
         dict(frames=frames, steps_per_frame=steps_per_frame, pre_steps=pre_steps, zoom=zoom, angle=angle,
              translate_x=translate_x, translate_y=translate_y, border=border.strip().lower(),
              interpolate=interpolate, reset_optimizer=reset_optimizer))
+    O.check_inputs(cfg, output_dir)
+    import vqclip.engine  # noqa: F401  torch loads here, where a Ctrl-C simply ends the command (see StopOnInterrupt)
+
     with StopOnInterrupt() as stop:
         outcome = run_animation(AnimateRequest(config=cfg, animation=animation, output_dir=output_dir,
-                                               weights_dir=weights_dir, download=not no_download,
-                                               trusted=list(trust_checkpoint or []), should_stop=stop),
-                                RichReporter(quiet=quiet, label="animating"))
+                                               weights_dir=flags.weights_dir, download=flags.download,
+                                               trusted=flags.trusted, should_stop=stop),
+                                RichReporter(quiet=flags.quiet, label="animating", stop=stop))
     report_outcome(outcome)
     if outcome.status == "interrupted":
         done = (outcome.record.animation or {}).get("frames_done")

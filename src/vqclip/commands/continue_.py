@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -21,44 +21,18 @@ OUTPUT_DIR = typer.Option(
 
 
 @handle_errors
+@O.run_options(skip=("init_image",))
 def continue_run(
     run: str = typer.Argument(..., help="Run id, unique id prefix, or run-folder path (see `vqclip runs list`)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p",
                                          help='New text prompts, "text[:weight[:stop]] | …".'),
-    image_prompt: Optional[List[str]] = O.IMAGE_PROMPT,
-    noise_prompt: Optional[List[str]] = O.NOISE_PROMPT,
-    size: Optional[str] = O.SIZE,
     resize: Optional[str] = RESIZE,
     frames: Optional[int] = typer.Option(None, "--frames", "-f", min=1, max=100_000,
                                          help="An animation: add this many frames (default: finish an "
                                               "interrupted one)."),
-    steps: Optional[int] = O.STEPS,
-    seed: Optional[int] = O.SEED,
-    model: Optional[str] = O.MODEL,
-    clip_model: Optional[str] = O.CLIP_MODEL,
-    clip_pretrained: Optional[str] = O.CLIP_PRETRAINED,
-    cutn: Optional[int] = O.CUTN,
-    cut_pow: Optional[float] = O.CUT_POW,
-    augment: Optional[bool] = O.AUGMENT,
-    noise_fac: Optional[float] = O.NOISE_FAC,
-    optimizer: Optional[str] = O.OPTIMIZER,
-    lr: Optional[float] = O.LR,
-    init_weight: Optional[float] = O.INIT_WEIGHT,
-    init_weight_decay: Optional[float] = O.INIT_WEIGHT_DECAY,
-    init_weight_decay_every: Optional[int] = O.INIT_WEIGHT_DECAY_EVERY,
-    tv_weight: Optional[float] = O.TV_WEIGHT,
-    save_every: Optional[int] = O.SAVE_EVERY,
-    fps: Optional[int] = O.FPS,
-    device: Optional[str] = O.DEVICE,
-    precision: Optional[str] = O.PRECISION,
-    low_memory: Optional[bool] = O.LOW_MEMORY,
-    compile: Optional[bool] = O.COMPILE,
-    config: Optional[Path] = O.CONFIG,
     output_dir: Optional[Path] = OUTPUT_DIR,
-    weights_dir: Optional[Path] = O.WEIGHTS_DIR,
-    no_download: bool = O.NO_DOWNLOAD,
-    trust_checkpoint: Optional[List[Path]] = O.TRUST,
-    quiet: bool = O.QUIET,
+    *,
+    flags: O.RunFlags,
 ) -> None:
     """Continue a run from its saved latent, optimizer and random state, as a new run folder linked to it.
 
@@ -82,37 +56,32 @@ def continue_run(
     from vqclip.pipeline.resume import RESIZE_MODES, inherit_config
     from vqclip.runs import find_run
 
-    flags = O.overrides(
-        size, prompt=prompt, image_prompts=image_prompt, noise_prompts=noise_prompt, steps=steps, seed=seed,
-        model=model, clip_model=clip_model, clip_pretrained=clip_pretrained, cutn=cutn, cut_pow=cut_pow,
-        augment=augment, noise_fac=noise_fac, optimizer=optimizer, lr=lr, init_weight=init_weight,
-        init_weight_decay=init_weight_decay, init_weight_decay_every=init_weight_decay_every, tv_weight=tv_weight,
-        save_every=save_every, fps=fps, device=device, precision=precision, low_memory=low_memory,
-        compile=compile)
+    given, config, weights_dir, quiet = flags.overrides(prompt=prompt), flags.config, flags.weights_dir, flags.quiet
+    download, trusted = flags.download, flags.trusted
     if resize is not None:
         resize = resize.strip().lower()
     parent = find_run(run, output_dir or Path("output"))
     record = parent.checked()  # a details.json field of the wrong type: one line naming it, before anything else
     if record.animation is not None:
-        _extend_animation(parent, frames, flags, output_dir=output_dir, weights_dir=weights_dir,
-                          download=not no_download, trusted=list(trust_checkpoint or []), quiet=quiet)
+        _extend_animation(parent, frames, given, output_dir=output_dir, weights_dir=weights_dir,
+                          download=download, trusted=trusted, quiet=quiet)
         return
     if frames is not None:
         raise UsageError(f"--frames adds frames to an animation, and {parent.id} is not one; use --steps, or make "
                          "one with `vqclip animate`")
     if resize is not None and resize not in RESIZE_MODES:
         raise UsageError(f"--resize {resize!r}: use crop, pad or stretch")
-    inherit_config(parent, flags, config)  # a bad flag or --config: one line, before torch loads
+    inherit_config(parent, given, config)  # a bad flag or --config: one line, before torch loads
     reporter = RichReporter(quiet=quiet, label="continuing", intro=(
         f"continuing {parent.id} (stage {parent.stage}, {parent.status}, "
         f"step {'?' if record.global_step is None else record.global_step})"))
     import vqclip.engine  # noqa: F401  torch loads here, where a Ctrl-C simply ends the command (see StopOnInterrupt)
 
     with StopOnInterrupt() as stop:
-        reporter.stop = stop
-        outcome = run_continue(parent, flags, resize=resize, config_file=config, output_dir=output_dir,
-                               weights_dir=weights_dir, download=not no_download,
-                               trusted=list(trust_checkpoint or []), should_stop=stop, reporter=reporter)
+        reporter.attach(stop)
+        outcome = run_continue(parent, given, resize=resize, config_file=config, output_dir=output_dir,
+                               weights_dir=weights_dir, download=download, trusted=trusted, should_stop=stop,
+                               reporter=reporter)
     report_outcome(outcome)
     if outcome.status == "interrupted":
         report_interrupted(stop, "the partial run above was saved; `vqclip continue` picks it up.")
@@ -138,6 +107,7 @@ def _extend_animation(parent: Any, frames: Optional[int], flags: dict[str, Any],
         req, notes = extension_request(parent, frames, output_dir=output_dir, weights_dir=weights_dir,
                                        download=download, trusted=trusted, should_stop=stop,
                                        device=flags.get("device"), precision=flags.get("precision"))
+        reporter.attach(stop)
         for note in notes:
             reporter.note(note)
         outcome = animate(req, reporter)

@@ -1,9 +1,12 @@
-"""Typer options shared by `generate` and `continue`; help texts come from `vqclip.knobs` (as RunConfig's do)."""
+"""Typer options shared by every command that makes a run (generate, continue, animate, batch); help texts come from `vqclip.knobs` (as RunConfig's do)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
@@ -48,6 +51,94 @@ TRUST = typer.Option(None, "--trust-checkpoint", metavar="FILE",
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
+# The options every kind of run shares, declared once: (parameter, type, option, RunConfig field or None).
+SHARED: list[tuple[str, Any, Any, Optional[str]]] = [
+    ("image_prompt", Optional[List[str]], IMAGE_PROMPT, "image_prompts"),
+    ("noise_prompt", Optional[List[str]], NOISE_PROMPT, "noise_prompts"),
+    ("init_image", Optional[str], INIT_IMAGE, "init_image"),
+    ("size", Optional[str], SIZE, None),
+    ("steps", Optional[int], STEPS, "steps"),
+    ("seed", Optional[int], SEED, "seed"),
+    ("model", Optional[str], MODEL, "model"),
+    ("clip_model", Optional[str], CLIP_MODEL, "clip_model"),
+    ("clip_pretrained", Optional[str], CLIP_PRETRAINED, "clip_pretrained"),
+    ("cutn", Optional[int], CUTN, "cutn"),
+    ("cut_pow", Optional[float], CUT_POW, "cut_pow"),
+    ("augment", Optional[bool], AUGMENT, "augment"),
+    ("noise_fac", Optional[float], NOISE_FAC, "noise_fac"),
+    ("optimizer", Optional[str], OPTIMIZER, "optimizer"),
+    ("lr", Optional[float], LR, "lr"),
+    ("init_weight", Optional[float], INIT_WEIGHT, "init_weight"),
+    ("init_weight_decay", Optional[float], INIT_WEIGHT_DECAY, "init_weight_decay"),
+    ("init_weight_decay_every", Optional[int], INIT_WEIGHT_DECAY_EVERY, "init_weight_decay_every"),
+    ("tv_weight", Optional[float], TV_WEIGHT, "tv_weight"),
+    ("save_every", Optional[int], SAVE_EVERY, "save_every"),
+    ("fps", Optional[int], FPS, "fps"),
+    ("device", Optional[str], DEVICE, "device"),
+    ("precision", Optional[str], PRECISION, "precision"),
+    ("low_memory", Optional[bool], LOW_MEMORY, "low_memory"),
+    ("compile", Optional[bool], COMPILE, "compile"),
+    ("config", Optional[Path], CONFIG, None),
+    ("weights_dir", Optional[Path], WEIGHTS_DIR, None),
+    ("no_download", bool, NO_DOWNLOAD, None),
+    ("trust_checkpoint", Optional[List[Path]], TRUST, None),
+    ("quiet", bool, QUIET, None),
+]
+
+
+@dataclass
+class RunFlags:
+    """The shared options as one command got them (None: not given)."""
+
+    given: dict[str, Any]
+
+    def overrides(self, **more: Any) -> dict[str, Any]:
+        """RunConfig overrides for what was given (plus `more`, e.g. a prompt argument), --size expanded."""
+        values = {field: self.given.get(name) for name, _, _, field in SHARED if field and name in self.given}
+        return overrides(self.given.get("size"), **values, **more)
+
+    @property
+    def config(self) -> Optional[Path]:
+        return self.given.get("config")
+
+    @property
+    def weights_dir(self) -> Optional[Path]:
+        return self.given.get("weights_dir")
+
+    @property
+    def download(self) -> bool:
+        return not self.given.get("no_download", False)
+
+    @property
+    def trusted(self) -> list[Path]:
+        return list(self.given.get("trust_checkpoint") or [])
+
+    @property
+    def quiet(self) -> bool:
+        return bool(self.given.get("quiet", False))
+
+
+def run_options(*, skip: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add the SHARED options (less `skip`) to a command, after its own; it receives them as `flags: RunFlags`.
+    Typer reads the combined signature, so each option is declared here once for every command that runs."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p for p in inspect.signature(func).parameters.values() if p.name != "flags"]
+        names = [name for name, _, _, _ in SHARED if name not in skip]
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+                 for name, kind, option, _ in SHARED if name in names]
+
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            given = {name: kwargs.pop(name) for name in names if name in kwargs}
+            return func(*args, flags=RunFlags(given), **kwargs)
+
+        command.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
 def overrides(size: Optional[str], **values: Any) -> dict[str, Any]:
     """Flags the user actually gave (None = not given), with --size expanded."""
     out = {k: v for k, v in values.items() if v is not None and v != []}
@@ -60,3 +151,17 @@ def overrides(size: Optional[str], **values: Any) -> dict[str, Any]:
         except ValueError as e:
             raise UsageError(f"--size: {e}") from None
     return out
+
+
+def check_inputs(cfg: object, output_dir: Path) -> None:
+    """Input images that cannot be read (a folder, a FIFO, missing, not an image) and an output folder that
+    cannot be one: one line now, before torch and the models load (the pipeline reads the images again)."""
+    from vqclip.pipeline.media import open_image
+    from vqclip.runs import check_output_dir
+
+    refs = [("init image", cfg.init_image)] if cfg.init_image else []  # type: ignore[attr-defined]
+    refs += [("image prompt", spec.path) for spec in cfg.image_prompt_specs]  # type: ignore[attr-defined]
+    for what, ref in refs:
+        if not ref.startswith(("http://", "https://")):  # a URL is fetched once, by the pipeline
+            open_image(ref, what)
+    check_output_dir(output_dir)
