@@ -104,13 +104,34 @@ def _steps(run: RunInfo) -> str:
     return "" if total is None else str(total)
 
 
+def _score(run: RunInfo) -> float | None:
+    """The run's CLIP score summary (vqclip.pipeline.score); None when it has none."""
+    score = run.record.score
+    return score.summary if score is not None else None
+
+
+def _score_cell(run: RunInfo) -> str:
+    value = _score(run)
+    return "" if value is None else f"{value:.1f}"
+
+
+SORTS = ("time", "score")
+
+
+def sort_runs(runs: list[RunInfo], by: str) -> list[RunInfo]:
+    """`time`: newest first (as scanned); `score`: best CLIP score first, runs without one last, ties newest first."""
+    if by == "score":
+        return sorted(runs, key=lambda r: (_score(r) is None, -(_score(r) or 0.0)))
+    return list(runs)
+
+
 def row(run: RunInfo) -> dict[str, Any]:
     """One run as plain values (the JSON of `runs list`); a field of the wrong type is null here."""
     r = run.record
     return {"id": run.id, "time": _when(run), "status": run.status, "steps": r.global_step,
             "steps_done": r.steps_done, "steps_planned": r.steps_planned, "size": _size(run),
             "prompt": run.prompt, "parent": run.parent, "root": run.root, "stage": run.stage,
-            "seed": r.seed, "path": str(run.path)}
+            "seed": r.seed, "score": _score(run), "path": str(run.path)}
 
 
 _WHY = {"missing": "no details.json", "corrupt": "corrupt details.json", "symlink": "symlink, not followed",
@@ -146,19 +167,29 @@ def list_runs(
     output_dir: Path = OUTPUT_DIR,
     as_json: bool = AS_JSON,
     limit: int = typer.Option(0, "--limit", "-n", min=0, help="Show at most this many (0 = all)."),
+    sort: str = typer.Option("time", "--sort", metavar="time|score",
+                             help="time = newest first; score = best CLIP score first (runs without one last)."),
 ) -> None:
-    """List runs, newest first: id, time, status, steps, size, prompt, parent.
+    """List runs, newest first: id, time, status, steps, size, score, prompt, parent.
 
-    Steps is the image's total (a continued run counts its parents' steps too). Runs whose details.json is
-    missing or corrupt are skipped and counted on stderr.
+    Steps is the image's total (a continued run counts its parents' steps too). Score is the final image's CLIP
+    score (the weighted mean over the prompts with positive weight of 100·max(cos, 0)); the column shows when a
+    listed run has one. Runs whose details.json is missing or corrupt are skipped and counted on stderr.
 
     Example:
 
         vqclip runs list
+        vqclip runs list --sort score -n 10
         vqclip runs list --json | jq '.[0].id'
     """
+    from vqclip.errors import UsageError
+
+    by = sort.strip().lower()
+    if by not in SORTS:
+        raise UsageError(f"--sort {printable(sort)!r}: use time or score")
     check_output_dir(output_dir)
     runs, bad = scan_runs(output_dir)
+    runs = sort_runs(runs, by)
     if limit:
         runs = runs[:limit]
     if as_json:
@@ -171,7 +202,7 @@ def list_runs(
         _skipped(bad)
         _leftovers(output_dir)
         return
-    table = _runs_table(runs, compact=False)
+    table = _runs_table(runs, compact=False, scores=by == "score")
     from rich.measure import Measurement
 
     natural = Measurement.get(out_console, out_console.options.update(width=10_000), table).maximum
@@ -182,7 +213,7 @@ def list_runs(
 
         Console(width=natural, highlight=False, soft_wrap=True).print(table)
     else:
-        out_console.print(_runs_table(runs, compact=True))
+        out_console.print(_runs_table(runs, compact=True, scores=by == "score"))
     _skipped(bad)
     _leftovers(output_dir)
 
@@ -195,19 +226,22 @@ def _unique_prefix(run_id: str, ids: list[str], at_least: int = 15) -> str:
     return run_id
 
 
-def _runs_table(runs: list[RunInfo], compact: bool) -> Any:
+def _runs_table(runs: list[RunInfo], compact: bool, scores: bool = False) -> Any:
     """The `runs list` table; `compact` (narrow terminals) shortens the time and the parent id to a unique
-    prefix, which `vqclip continue` and `runs show` accept as well."""
+    prefix, which `vqclip continue` and `runs show` accept as well. The score column shows when `scores` or
+    when a listed run has a score."""
     from rich.table import Table
     from rich.text import Text
 
+    scores = scores or any(_score(r) is not None for r in runs)
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False,
                   padding=(0, 1, 0, 0) if compact else (0, 1))
     for name, kw in (("id", {"no_wrap": True, "min_width": 24}), ("time", {"no_wrap": True}),
                      ("status", {"no_wrap": True}), ("steps", {"justify": "right", "no_wrap": True}),
-                     ("size", {"no_wrap": True}), ("prompt", {"overflow": "fold", "min_width": 10}),
-                     ("parent", {"no_wrap": True})):
-        table.add_column(name, **kw)
+                     ("size", {"no_wrap": True}), ("score", {"justify": "right", "no_wrap": True}),
+                     ("prompt", {"overflow": "fold", "min_width": 10}), ("parent", {"no_wrap": True})):
+        if name != "score" or scores:
+            table.add_column(name, **kw)
     style = {"finished": "green", "interrupted": "yellow", "failed": "red"}
     ids = [r.id for r in runs]
     for r in runs:
@@ -218,8 +252,8 @@ def _runs_table(runs: list[RunInfo], compact: bool) -> Any:
             when = when[5:16]
             parent = _unique_prefix(parent, ids) if parent else ""
         status = Text(r.status, style=st) if st else _cell(_short(r.status, 24))
-        table.add_row(r.id, when, status, _cell(_short(_steps(r), 24)), _cell(_size(r)), _cell(_short(r.prompt)),
-                      parent)
+        cells = [r.id, when, status, _cell(_short(_steps(r), 24)), _cell(_size(r))]
+        table.add_row(*cells, *([_score_cell(r)] if scores else []), _cell(_short(r.prompt)), parent)
     return table
 
 
@@ -251,6 +285,23 @@ def _loss(losses: list[float | None]) -> str | None:
 
 def _or_q(value: Any) -> Any:
     return "?" if value is None else value
+
+
+def _score_lines(score: Any) -> list[tuple[str, Any]]:
+    """`runs show`: the summary, then one line per text prompt (score, weight, text)."""
+    if score is None:
+        return []
+
+    def num(v: float | None) -> str:
+        return "?" if v is None else f"{v:.2f}"
+
+    how = "weighted mean over the prompts with positive weight of 100·max(cos(image, text), 0)"
+    lines: list[tuple[str, Any]] = [("score", f"{num(score.summary)} ({how})")]
+    for p in score.prompts:
+        w = "?" if p.weight is None else f"{p.weight:g}"
+        avoid = ", to avoid" if p.weight is not None and p.weight < 0 else ""
+        lines.append(("", f"{num(p.score):>6}  {p.text or ''} (weight {w}{avoid})"))
+    return lines
 
 
 @app.command("show", context_settings=CONTEXT)
@@ -303,6 +354,7 @@ def show_run(
         ("time", f"{_or_q(timings.total_s)} s total, {_or_q(timings.per_step_s)} s/step"
          if timings.total_s is not None or timings.per_step_s is not None else None),
         ("loss", _loss(rec.losses)),
+        *_score_lines(rec.score),
         ("files", ", ".join(str(v) for v in rec.files.model_dump(mode="json").values() if v and isinstance(v, str))),
     ]
     cont = rec.continue_
@@ -315,7 +367,8 @@ def show_run(
                           f"as found: {_markup(', '.join(sorted(info.odd)))}", highlight=False)
     for key, value in fields:
         if value is not None and value != "":
-            out_console.print(f"[bold]{key + ':':<14}[/] {_markup(value)}", highlight=False)
+            label = f"{key + ':':<14}" if key else " " * 14
+            out_console.print(f"[bold]{label}[/] {_markup(value)}", highlight=False)
     if len(chain) > 1 or children or info.parent:
         out_console.print()
         missing = info.parent and chain[0].parent

@@ -152,7 +152,7 @@ def build_prompts(models: Models, settings: LoopSettings, texts: list[Any], imag
     if texts:
         embeds = clip.encode_text([t.text for t in texts], dev)
         for t, e in zip(texts, embeds):
-            prompts.append(Prompt(e[None], t.weight, t.stop, label=f"text:{t.text[:40]}"))
+            prompts.append(Prompt(e[None], t.weight, t.stop, label=f"text:{t.text[:40]}", text=t.text))
     cut = Cutouts(clip.input_size, settings.cutn, settings.cut_pow, settings.augment, settings.noise_fac)
     for i, (img, spec) in enumerate(images):
         gen = torch.Generator().manual_seed(settings.seed + 1000 + i)

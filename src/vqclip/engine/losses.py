@@ -17,14 +17,20 @@ def spherical_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class Prompt:
-    """A target set of embeddings with a weight (negative pushes away) and a stop distance."""
+    """A target set of embeddings with a weight (negative pushes away) and a stop distance. `text` is the whole
+    text of a text prompt (None for image and noise prompts): the run's CLIP score reads it with `embeds`."""
 
     def __init__(self, embeds: torch.Tensor, weight: float = 1.0, stop: float = float("-inf"),
-                 label: str = "") -> None:
+                 label: str = "", text: str | None = None) -> None:
         self.embeds = embeds.detach()
         self.weight = float(weight)
         self.stop = float(stop)
         self.label = label
+        self.text = text
+
+    @property
+    def is_text(self) -> bool:
+        return self.text is not None
 
     def __call__(self, image_embeds: torch.Tensor) -> torch.Tensor:
         d = spherical_dist(image_embeds[:, None, :], self.embeds[None, :, :])  # [cutn, targets]

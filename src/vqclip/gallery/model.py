@@ -17,11 +17,11 @@ from typing import Any
 from vqclip.record import Files
 from vqclip.runs import RunInfo
 
-CARD_VERSION = 5  # bump when card fields or coercion change: cached cards are then rebuilt
+CARD_VERSION = 6  # bump when card fields or coercion change: cached cards are then rebuilt
 
 # Every card has these; a cached card without one of them (a hand-edited cache) is made afresh.
 CARD_KEYS = frozenset({"id", "prompt", "model", "clip", "w", "h", "steps", "planned", "seed", "status", "error",
-                       "date", "iso", "seconds", "parent", "root", "stage", "declared", "frames"})
+                       "date", "iso", "seconds", "parent", "root", "stage", "declared", "frames", "score"})
 
 MAX_PROMPT = 4000  # a pasted novel should not make a 2,000-run page heavy
 MAX_LABEL = 120
@@ -132,7 +132,16 @@ def card_from_run(run: RunInfo) -> dict[str, Any]:
         "stage": r.stage if "stage" in r.model_fields_set and r.stage <= 100_000 else None,  # None: unknown
         "declared": _declared_files(r.files),
         "frames": _frames_done(r.animation),
+        "score": _score(r.score),
     }
+
+
+def _score(score: Any) -> float | None:
+    """The CLIP score summary (0–100; vqclip.pipeline.score) rounded for the card; None when absent or odd."""
+    value = getattr(score, "summary", None)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return round(value, 2) if -1000 <= value <= 1000 else None
 
 
 def _frames_done(animation: Any) -> int | None:

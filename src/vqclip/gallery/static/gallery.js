@@ -72,9 +72,13 @@
     var n = num(r.frames);
     return n === null ? "" : fmt(n) + (n === 1 ? " frame" : " frames");
   }
+  function scoreText(r) { // the CLIP score summary, 0-100 (details.json "score")
+    var s = num(r.score);
+    return s === null ? "" : "score " + s.toFixed(1);
+  }
   function metaText(r) {
-    return [str(r.model), sizeText(r), framesText(r), stepsText(r), str(r.seed) ? "seed " + str(r.seed) : "", str(r.date)]
-      .filter(Boolean).join(" · ");
+    return [str(r.model), sizeText(r), framesText(r), stepsText(r), str(r.seed) ? "seed " + str(r.seed) : "",
+      scoreText(r), str(r.date)].filter(Boolean).join(" · ");
   }
 
   function mediaFor(r, id) {
@@ -153,6 +157,11 @@
       [sizeText(r), framesText(r), stepsText(r), str(r.seed) ? "seed " + str(r.seed) : ""].forEach(function (t) {
         if (t) facts.appendChild(el("span", "", t));
       });
+      if (scoreText(r)) {
+        var sc = el("span", "score", scoreText(r));
+        sc.title = "CLIP score: weighted mean over the prompts with positive weight of 100·max(cos, 0)";
+        facts.appendChild(sc);
+      }
       meta.appendChild(facts);
       body.appendChild(meta);
       if (str(r.error)) body.appendChild(el("p", "error", str(r.error)));
@@ -189,7 +198,8 @@
       run: r,
       card: null,
       ok: true,
-      index: items.length,
+      index: items.length, // position on the page now (changes with the sort)
+      order: items.length, // position in the index: newest first
       hay: [str(r.prompt), str(r.model), str(r.id), str(r.seed), str(r.status), str(r.date)].join(" \u0000 ").toLowerCase(),
     };
     items.push(it);
@@ -276,6 +286,27 @@
   }
   var resetButton = document.getElementById("reset");
   if (resetButton) resetButton.addEventListener("click", reset);
+
+  // Sort: newest first (the index's order) or best CLIP score first (runs without a score last, ties newest
+  // first). Every card is created first, then the cards are moved; filters are untouched.
+  var sortSelect = document.getElementById("sort");
+  function byOrder(a, b) { return a.order - b.order; }
+  function byScore(a, b) {
+    var x = num(a.run.score), y = num(b.run.score);
+    if (x === null || y === null) return x === y ? byOrder(a, b) : (x === null ? 1 : -1);
+    return y - x || byOrder(a, b);
+  }
+  function applySort() {
+    renderUpTo(items.length);
+    items.sort(sortSelect && sortSelect.value === "score" ? byScore : byOrder);
+    var frag = document.createDocumentFragment();
+    for (var i = 0; i < items.length; i++) {
+      items[i].index = i;
+      frag.appendChild(items[i].card);
+    }
+    grid.appendChild(frag);
+  }
+  if (sortSelect) sortSelect.addEventListener("change", applySort);
 
   // Video on demand: nothing is fetched until Play is pressed.
   grid.addEventListener("click", function (e) {
