@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "vqclip"
 MAX_LINES = 450
 CLI = ("vqclip.cli", "vqclip.commands", "vqclip.__main__")  # `python -m vqclip` is the CLI too
-PIPELINE = ("vqclip.pipeline",)
+PIPELINE = ("vqclip.pipeline", "vqclip.batch")  # `vqclip batch` drives the pipeline: the same rules
 
 
 def _under(module: str, prefixes: tuple[str, ...]) -> bool:

@@ -57,6 +57,7 @@ def build_app() -> Any:
     from vqclip.commands.common import CONTEXT
     from vqclip.commands.continue_ import continue_run
     from vqclip.commands.animate import animate
+    from vqclip.commands.batch import batch
     from vqclip.commands.generate import generate
     from vqclip.commands.selftest import selftest
 
@@ -77,6 +78,7 @@ def build_app() -> Any:
     app.command(context_settings=CONTEXT)(generate)
     app.command("continue", context_settings=CONTEXT)(continue_run)
     app.command(context_settings=CONTEXT)(animate)
+    app.command(context_settings=CONTEXT)(batch)
     app.command(context_settings=CONTEXT)(selftest)  # then weights, runs and gallery (LAZY_GROUPS)
     return app
 

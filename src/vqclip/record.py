@@ -130,10 +130,27 @@ class Continued(Section):
     resize: Optional[str] = None
 
 
+class PromptScore(Section):
+    """One text prompt's CLIP score: `100 · max(cos(image, text), 0)` (vqclip.pipeline.score)."""
+
+    text: Optional[str] = None
+    weight: Number = None
+    score: Number = None
+
+
+class Score(Section):
+    """The final image's CLIP score against the run's text prompts. `summary`: the weighted mean of the prompts
+    with a positive weight (null when every prompt is negative); negative prompts are things to avoid, listed
+    with their own score but not in the summary."""
+
+    summary: Number = None
+    prompts: list[PromptScore] = Field(default_factory=list)
+
+
 class RunRecord(Section):
     """details.json. Field order is the file's key order; unknown keys follow."""
 
-    omit_when_none: ClassVar[frozenset[str]] = frozenset({"continue", "chain", "animation"})
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"continue", "chain", "animation", "score", "batch"})
 
     schema_: Int = Field(SCHEMA, alias="schema")
     id: Optional[str] = None
@@ -150,6 +167,7 @@ class RunRecord(Section):
     global_step: Optional[Count] = None  # of the image: a continued run counts its parents' steps too
     losses: list[Number] = Field(default_factory=list)
     skipped_steps: list[Int] = Field(default_factory=list)  # steps not applied (loss or gradient not finite)
+    score: Optional[Score] = None  # the final image's CLIP score; absent without a text prompt
     timings: Timings = Field(default_factory=Timings)
     device: Optional[str] = None
     precision: Optional[str] = None
@@ -165,16 +183,18 @@ class RunRecord(Section):
     continue_: Optional[Continued] = Field(None, alias="continue")  # a continued run only
     chain: Optional[list[str]] = None  # the last stage of a chain: every stage's id, in order
     animation: Optional[dict[str, Any]] = None  # an animation run: vqclip.animation.Animation, as JSON
+    batch: Optional[dict[str, Any]] = None  # a run of `vqclip batch`: {"id": batch id, "row": row number}
 
 
 SECTIONS: dict[str, type[Section]] = {"timings": Timings, "weights": Weights, "clip": Clip, "files": Files,
-                                      "continue": Continued}
+                                      "continue": Continued, "score": Score}
 
 # What a field should be, in the words of the one-line error (by field; else by pydantic's error type).
 _SHAPES = {"size": "is not [width, height]", "losses": "is not a list of numbers",
            "skipped_steps": "is not a list of step numbers", "chain": "is not a list of run ids",
            "stage": "is not a stage number (1 or more)", "files.image_prompts": "is not a list of file names",
-           "versions": "is not an object of version strings"}
+           "versions": "is not an object of version strings",
+           "score.prompts": "is not a list of prompt scores (text, weight, score)"}
 _KINDS = {"int_type": "is not a whole number", "int_parsing": "is not a whole number",
           "int_from_float": "is not a whole number", "int_parsing_size": "is a number too long to read",
           "string_type": "is not text", "float_type": "is not a number", "float_parsing": "is not a number",
@@ -294,5 +314,5 @@ def now_iso() -> str:
 
 
 __all__ = ["DETAILS", "IMAGE", "VIDEO", "STATE", "SCHEMA", "BadRun", "RunRecord", "Timings", "Weights", "Clip",
-           "Files", "Continued", "parse_record", "tolerant_record", "read_details", "read_record", "write_record",
-           "now_iso"]
+           "Files", "Continued", "Score", "PromptScore", "parse_record", "tolerant_record", "read_details",
+           "read_record", "write_record", "now_iso"]

@@ -25,10 +25,18 @@ class RichReporter(Reporter):
         self.console = console or err_console
         self.quiet = quiet
         self.label = label
-        self.stop = stop  # armed by the first step: from then on a Ctrl-C finishes the step and saves
+        self.stop: StopOnInterrupt | None = None
+        if stop is not None:
+            self.attach(stop)
         self.intro = intro  # a first note, held back until the run says something (an error comes alone)
         self._progress: Progress | None = None
         self._task: Any = None
+
+    def attach(self, stop: StopOnInterrupt) -> None:
+        """Until this reporter hears of the run's first step there is nothing to save: `stop` is disarmed now
+        and armed by `step`, from then on a Ctrl-C finishes the step and saves."""
+        self.stop = stop
+        stop.armed = False
 
     def _say_intro(self) -> None:
         if self.intro:
@@ -86,9 +94,10 @@ class StopOnInterrupt:
     (KeyboardInterrupt, or Terminated for SIGTERM), saving nothing. `exit_code` is 130 after Ctrl-C, 143 after
     SIGTERM.
 
-    Until `armed` (set when the first step of a run is reported: see RichReporter) there is nothing to save, so
-    the first signal aborts at once too: a Ctrl-C while torch imports or the models load ends the command then
-    (the pipeline removes a run folder it had begun), instead of after the loading, with a 0-step run folder.
+    While disarmed (from `RichReporter.attach` until the reporter hears of the run's first step) there is nothing
+    to save, so the first signal goes to the handler before this one (the CLI's: it unwinds at once, or as soon
+    as an import in progress is done): a Ctrl-C while the models load ends the command then (the pipeline
+    removes a run folder it had begun), instead of after the loading, with a 0-step run folder.
 
     Installed only while a run is going (no import-time signal handlers)."""
 
@@ -96,7 +105,7 @@ class StopOnInterrupt:
 
     def __init__(self, console: Console | None = None) -> None:
         self.requested = False
-        self.armed = False
+        self.armed = True  # see RichReporter.attach
         self.signum: int | None = None
         self.console = console or err_console
         self._previous: dict[int, Any] = {}
@@ -109,6 +118,10 @@ class StopOnInterrupt:
         return 143 if self.signum == signal.SIGTERM else 130
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.armed and not self.requested:  # nothing to save yet: the handler before ours unwinds
+            previous = self._previous.get(signum)
+            if callable(previous):
+                return previous(signum, frame)  # (the CLI's waits for an import in progress to finish)
         if self.requested or not self.armed:
             raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         self.requested = True

@@ -204,7 +204,8 @@ def download(
     weights_dir: Optional[Path] = WEIGHTS_DIR,
     cache: bool = typer.Option(True, "--cache/--no-cache",
                                help="After the download, cache the VQGAN tensors as safetensors (faster loads)."),
-    timeout: float = typer.Option(TIMEOUT, "--timeout", help="Seconds to wait for a server before giving up."),
+    timeout: float = typer.Option(TIMEOUT, "--timeout", min=0.1, max=3600,
+                                  help="Seconds to wait for a server before giving up."),
 ) -> None:
     """Download VQGAN checkpoints (verified, resumable) or pre-fetch CLIP weights.
 

@@ -90,6 +90,7 @@ def _animate(req: AnimateRequest, rep: Reporter, used: dict[str, Any]) -> RunOut
     from vqclip.pipeline.execute import versions
     from vqclip.pipeline.load import load_run
     from vqclip.pipeline.media import VideoWriter, image_parameters, interpolate_video, png_bytes
+    from vqclip.pipeline.score import run_score, score_text
     from vqclip.prompts import parse_story
     from vqclip.state import save_state
 
@@ -198,7 +199,10 @@ def _animate(req: AnimateRequest, rep: Reporter, used: dict[str, Any]) -> RunOut
             else:
                 run_files.video_interpolated = name
         step = int(last_state["step"]) if last_state is not None else session.step
-        folder.write(IMAGE, png_bytes(image, image_parameters(req.config, run.seed, step, (run.width, run.height))))
+        last = stage_prompts[story_stage(max(len(per_frame) - 1, 0), story_frames, len(stage_prompts))]
+        score = run_score(models.clip, last, image, run.settings.clip_autocast_dtype, rep.note)  # the last frame
+        folder.write(IMAGE, png_bytes(image, image_parameters(req.config, run.seed, step, (run.width, run.height),
+                                                              score_text(score))))
         save_state(folder.file(STATE), last_state if last_state is not None else session.state_dict())
         record_anim = anim.model_copy(update={"frames_done": len(per_frame), "per_frame": per_frame,
                                               "story_frames": story_frames})
@@ -208,7 +212,7 @@ def _animate(req: AnimateRequest, rep: Reporter, used: dict[str, Any]) -> RunOut
             id=folder.id, created=created, finished=now_iso(), status=status, error=error,
             prompt=req.config.prompt, config=req.config.model_dump(mode="json"), seed=run.seed,
             size=(run.width, run.height), steps_done=len(losses), steps_planned=planned,
-            global_step=step, losses=[round(x, 6) for x in losses], skipped_steps=skipped,
+            global_step=step, losses=[round(x, 6) for x in losses], skipped_steps=skipped, score=score,
             timings=Timings(load_s=round(run.load_s, 3), run_s=round(run_s, 3),
                             total_s=round(time.perf_counter() - t_start, 3),
                             per_step_s=round(sorted(timed)[len(timed) // 2], 4) if timed else None),

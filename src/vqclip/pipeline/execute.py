@@ -61,6 +61,8 @@ class RunRequest:
     # (models, settings, state, start_image) -> the state to start from; lets `continue` adapt a saved state to
     # the loaded models (new grid size, re-encoded start) without loading the models twice
     prepare_state: Callable[[Any, Any, dict[str, Any] | None, Any], dict[str, Any] | None] | None = None
+    batch: dict[str, Any] | None = None  # `vqclip batch`: {"id", "row"}, recorded in details.json
+    models_cache: Any = None  # a vqclip.pipeline.cache.ModelCache: models loaded once, kept for the next run
 
 
 @dataclass
@@ -115,13 +117,14 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
     from vqclip.pipeline import budget
     from vqclip.pipeline.load import load_run
     from vqclip.pipeline.media import VideoWriter, image_parameters, png_bytes
+    from vqclip.pipeline.score import run_score, score_text
     from vqclip.state import save_state
 
     cfg = req.config
     t_start = time.perf_counter()
     run = load_run(cfg, weights_dir=req.weights_dir, download=req.download, trusted=req.trusted, reporter=rep,
                    used=used, start_image=req.start_image, has_state=req.state is not None,
-                   inherit_precision=req.inherit_precision)
+                   inherit_precision=req.inherit_precision, models_cache=req.models_cache)
     seed, files, spec, width, height, device = run.seed, run.files, run.spec, run.width, run.height, run.device
     precision, plan, settings, models, prompts = run.precision, run.plan, run.settings, run.models, run.prompts
     init, image_prompts, start_image, load_s = run.init, run.image_prompts, run.start_image, run.load_s
@@ -161,7 +164,10 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
                               f"with --resize stretch to start from its {IMAGE} instead") from None
         for note in session.notes:
             rep.note(note)
-        budget.prepare_for_steps(models, plan)  # text tower and encoder freed, weights stored as planned
+        if req.models_cache is None:
+            budget.prepare_for_steps(models, plan)  # text tower and encoder freed, weights stored as planned
+        else:  # cached models serve the next run too: keep the text tower and encoder
+            req.models_cache.prepare_for_steps(models, plan)
         last_frame_step = [-1]
 
         def on_step(info: Any) -> None:
@@ -205,7 +211,9 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
         video_path = video.close()
         if video.error:
             rep.note(f"no progress video ({video.error})")
-        folder.write(IMAGE, png_bytes(result.image, image_parameters(cfg, seed, result.global_step, (width, height))))
+        score = run_score(models.clip, prompts, result.image, settings.clip_autocast_dtype, rep.note)
+        folder.write(IMAGE, png_bytes(result.image, image_parameters(cfg, seed, result.global_step, (width, height),
+                                                                     score_text(score))))
         save_state(folder.file(STATE), session.state_dict())
         steps_timed = result.step_seconds[1:] or result.step_seconds
         run_files.video = VIDEO if video_path else None
@@ -214,7 +222,7 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
             config=cfg.model_dump(mode="json"), seed=seed, size=(width, height), steps_done=result.steps_done,
             steps_planned=cfg.steps, global_step=result.global_step,
             losses=[round(x, 6) for x in result.losses],  # not finite (an overflow): recorded as null
-            skipped_steps=result.skipped_steps,
+            skipped_steps=result.skipped_steps, score=score,
             timings=Timings(load_s=round(load_s, 3), run_s=round(run_s, 3),
                             total_s=round(time.perf_counter() - t_start, 3),
                             per_step_s=round(sorted(steps_timed)[len(steps_timed) // 2], 4) if steps_timed else None),
@@ -222,7 +230,8 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
             memory_estimate_mb=round(plan.estimate.total / 2**20), versions=versions(),
             weights=Weights(name=files.name, sha256=files.sha256, source=files.source, path=str(files.ckpt_path)),
             clip=Clip(model=models.clip.name, pretrained=cfg.clip_pretrained),
-            parent=req.parent, root=req.root or folder.id, stage=req.stage, files=run_files, continue_=req.continued)
+            parent=req.parent, root=req.root or folder.id, stage=req.stage, files=run_files, continue_=req.continued,
+            batch=req.batch)
         folder.write_record(record)
         path = folder.commit()
     except BaseException as exc:

@@ -37,7 +37,8 @@ class LoadedRun:
 
 def load_run(cfg: RunConfig, *, weights_dir: Path | None, download: bool, trusted: list[Path], reporter: Any,
              used: dict[str, Any], start_image: Any = None, has_state: bool = False,
-             inherit_precision: tuple[str, str] | None = None, with_encoder: bool = False) -> LoadedRun:
+             inherit_precision: tuple[str, str] | None = None, with_encoder: bool = False,
+             models_cache: Any = None) -> LoadedRun:
     """`used["device"]` is set as soon as the device is known, so the caller can release its cache whatever
     happens next. `with_encoder` keeps the VQGAN's encoder even without a start image (animation re-encodes)."""
     from vqclip import engine
@@ -81,8 +82,10 @@ def load_run(cfg: RunConfig, *, weights_dir: Path | None, download: bool, truste
     t_load = time.perf_counter()
     models = prompts = None
     try:
-        models = engine.load_models(files.yaml_path, files.ckpt_path, cfg.clip_model, cfg.clip_pretrained, device,
-                                    with_encoder=encoder, trust=is_trusted(files.ckpt_path, trusted))
+        load_args = (files.yaml_path, files.ckpt_path, cfg.clip_model, cfg.clip_pretrained, device)
+        load_kw = {"with_encoder": encoder, "trust": is_trusted(files.ckpt_path, trusted)}
+        models = engine.load_models(*load_args, **load_kw) if models_cache is None \
+            else models_cache.get(load_args, load_kw, plan.weight_dtype)
         prompts = engine.build_prompts(models, settings, cfg.text_prompts,
                                        [(img, spec_) for (img, _, _), spec_ in image_prompts],
                                        cfg.noise_prompt_specs)

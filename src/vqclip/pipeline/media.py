@@ -140,15 +140,20 @@ def png_bytes(image: Any, text: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
-def image_parameters(config: Any, seed: int, global_step: int, size: tuple[int, int]) -> dict[str, str]:
+def image_parameters(config: Any, seed: int, global_step: int, size: tuple[int, int],
+                     clip_score: str | None = None) -> dict[str, str]:
     """PNG text chunks. They describe the *image* (total steps, resolved size), not the run, so an image reached
-    by a chain of runs carries the same bytes as one reached by a single run with the same settings."""
+    by a chain of runs carries the same bytes as one reached by a single run with the same settings.
+    `clip_score`: the image's CLIP score as JSON (`vqclip.pipeline.score.score_text`), chunk `clip_score`."""
     params = config.model_dump(mode="json")
     params.update({"seed": seed, "steps": global_step, "width": size[0], "height": size[1]})
     for k in ("save_every", "fps", "device", "compile", "low_memory"):
         params.pop(k, None)
-    return {"prompt": config.prompt, "parameters": json.dumps(params, sort_keys=True),
+    text = {"prompt": config.prompt, "parameters": json.dumps(params, sort_keys=True),
             "Software": f"vqclip {__version__}"}
+    if clip_score is not None:
+        text["clip_score"] = clip_score
+    return text
 
 
 def interpolate_video(src: Path, dest: Path, factor: int, fps: int, timeout: float = 3600) -> str | None:

@@ -1,0 +1,220 @@
+"""`vqclip batch`: a queue of runs from a file (.txt/.csv/.jsonl/.yaml), multiplied by --seeds/--repeat/--sweep,
+that survives crashes (a journal in the batch folder), one worker per device, or a Ray cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from vqclip.commands import options as O
+from vqclip.commands.common import handle_errors
+
+
+@handle_errors
+def batch(
+    file: Optional[Path] = typer.Argument(None, help="Rows: .txt (a prompt per line), .csv, .jsonl or .yaml."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", metavar="A-B", help="Run every row with each seed (1-8, or 3,7,9)."),
+    repeat: int = typer.Option(1, "--repeat", min=1, max=10_000, help="Run every row N times."),
+    sweep: Optional[List[str]] = typer.Option(None, "--sweep", metavar="KEY=V1,V2",
+                                              help="Every row with each value (repeatable: the product)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded rows and an estimated time; run nothing."),
+    resume_ref: Optional[str] = typer.Option(None, "--resume", metavar="BATCH",
+                                             help="Finish a batch (its folder or id): only what is left."),
+    new: bool = typer.Option(False, "--new", help="Start a new batch even if an unfinished one has the same rows."),
+    devices: Optional[str] = typer.Option(None, "--devices", metavar="cuda:0,cuda:1",
+                                          help="One worker per device (default: every CUDA GPU, else cpu)."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on a Ray cluster (an address, or auto)."),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, max=10_000,
+                                              help="Actors on a CPU-only Ray cluster (default: its CPUs)."),
+    size: Optional[str] = O.SIZE, steps: Optional[int] = O.STEPS, seed: Optional[int] = O.SEED,
+    model: Optional[str] = O.MODEL, clip_model: Optional[str] = O.CLIP_MODEL,
+    clip_pretrained: Optional[str] = O.CLIP_PRETRAINED, cutn: Optional[int] = O.CUTN,
+    cut_pow: Optional[float] = O.CUT_POW, lr: Optional[float] = O.LR, optimizer: Optional[str] = O.OPTIMIZER,
+    init_image: Optional[str] = O.INIT_IMAGE, noise_fac: Optional[float] = O.NOISE_FAC,
+    init_weight: Optional[float] = O.INIT_WEIGHT, tv_weight: Optional[float] = O.TV_WEIGHT,
+    save_every: Optional[int] = O.SAVE_EVERY, fps: Optional[int] = O.FPS, device: Optional[str] = O.DEVICE,
+    precision: Optional[str] = O.PRECISION, augment: Optional[bool] = O.AUGMENT,
+    config: Optional[Path] = O.CONFIG, output_dir: Path = O.OUTPUT_DIR,
+    weights_dir: Optional[Path] = O.WEIGHTS_DIR, no_download: bool = O.NO_DOWNLOAD,
+    trust_checkpoint: Optional[List[Path]] = O.TRUST,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No bars: one line per finished run."),
+) -> None:
+    """Run many prompts, seeds or settings as one queue that survives crashes.
+
+    Rows take their settings from the file; options given here set what rows leave unset (defaults.yaml <
+    --config < options < row < --sweep < --seeds). Running the same command again (or --resume BATCH) does only
+    what is left.
+
+        vqclip batch prompts.txt --seeds 1-4 --steps 200
+        vqclip batch runs.csv --sweep lr=0.05,0.1 --sweep cutn=16,32 --dry-run
+    """
+    from vqclip.batch import rows as R
+    from vqclip.batch import start
+    from vqclip.errors import UsageError
+    from vqclip.runs import check_output_dir
+
+    check_output_dir(output_dir)
+    if ray is not None:
+        from vqclip.batch.ray_backend import require_ray
+
+        require_ray()
+    if resume_ref is not None:
+        folder = start.resume(resume_ref, output_dir)
+        settings = start.settings_of(folder)
+        settings.output_dir = str(output_dir)
+        if devices is not None or ray is not None:
+            settings.devices, settings.ray, settings.ray_workers = _devices(devices, ray, device), ray, ray_workers
+        resumed = True
+    else:
+        if file is None:
+            raise UsageError("give a batch file (.txt, .csv, .jsonl or .yaml), or --resume BATCH")
+        rows = R.expand(file, config_file=config, seeds=R.parse_seeds(seeds), repeat=repeat,
+                        sweeps=R.parse_sweeps(sweep), overrides=O.overrides(
+                            size, steps=steps, seed=seed, model=model, clip_model=clip_model,
+                            clip_pretrained=clip_pretrained, cutn=cutn, cut_pow=cut_pow, lr=lr, optimizer=optimizer,
+                            init_image=init_image, noise_fac=noise_fac, init_weight=init_weight, tv_weight=tv_weight,
+                            save_every=save_every, fps=fps, device=device, precision=precision, augment=augment))
+        if dry_run:
+            _show_table(rows, output_dir)
+            return
+        _check_images(rows)
+        settings = start.Settings(output_dir=str(output_dir), weights_dir=str(weights_dir) if weights_dir else None,
+                                  download=not no_download, trusted=[str(p) for p in trust_checkpoint or []],
+                                  devices=_devices(devices, ray, device), ray=ray, ray_workers=ray_workers)
+        folder, resumed = start.open_batch(rows, str(file), settings, new=new)
+    _run(folder, settings, resumed, quiet, retry_failed=resume_ref is not None)
+
+
+def _devices(devices: Optional[str], ray: Optional[str], device: Optional[str]) -> Optional[list[str]]:
+    from vqclip.batch.workers import parse_devices
+
+    if ray is not None:
+        return None
+    if devices is None and device not in (None, "auto"):
+        return [str(device).lower()]
+    return parse_devices(devices) if devices is not None else None
+
+
+def _check_images(rows: list[Any]) -> None:
+    """Local input images read once now (a missing one fails before the first run, naming its row)."""
+    from vqclip.errors import VqclipError
+    from vqclip.pipeline.media import open_image
+
+    seen: set[str] = set()
+    for row in rows:
+        refs = ([("init image", row.config.init_image)] if row.config.init_image else []) + \
+            [("image prompt", s.path) for s in row.config.image_prompt_specs]
+        for what, ref in refs:
+            if ref in seen or ref.startswith(("http://", "https://")):
+                continue
+            seen.add(ref)
+            try:
+                open_image(ref, what)
+            except VqclipError as e:
+                raise VqclipError(f"{row.source}: {e.message}") from None
+
+
+def _show_table(rows: list[Any], output_dir: Path) -> None:
+    from rich.table import Table
+
+    from vqclip.batch.rows import estimate_seconds
+    from vqclip.commands.common import out_console, safe
+
+    table = Table(title=f"{len(rows)} run{'s' if len(rows) != 1 else ''}", show_lines=False)
+    for name in ("#", "from", "prompt", "seed", "size", "steps", "cutn", "lr", "model"):
+        table.add_column(name, overflow="fold")
+    for r in rows:
+        c = r.config
+        table.add_row(str(r.index), r.source, safe(c.prompt), "random" if c.seed is None else str(c.seed),
+                      f"{c.width}x{c.height}", str(c.steps), str(c.cutn), f"{c.lr:g}", safe(c.model))
+    out_console.print(table)
+    per_step, basis = _per_step(output_dir)
+    total = estimate_seconds(rows, per_step)
+    out_console.print(f"Estimated time: about {_duration(total)} in all, {sum(r.config.steps for r in rows)} steps "
+                      f"(an estimate: {basis})", markup=False)
+
+
+def _per_step(output_dir: Path) -> tuple[float, str]:
+    """Seconds per step at 480x480, cutn 32: from the runs already in the output folder, else a rough guess."""
+    from vqclip.runs import scan_runs
+
+    rates = []
+    for run in scan_runs(output_dir)[0][:50]:
+        rec, cfg = run.record, run.record.config or {}
+        if rec.timings.per_step_s and rec.size and cfg.get("cutn"):
+            rates.append(rec.timings.per_step_s * 480 * 480 * 32 / (rec.size[0] * rec.size[1] * cfg["cutn"]))
+    if rates:
+        rates.sort()
+        return rates[len(rates) // 2], f"scaled from {len(rates)} earlier run(s) in {output_dir}"
+    return 0.5, "a rough guess of 0.5 s per step at 480x480 with cutn 32; earlier runs make it better"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    h, rest = divmod(seconds, 3600)
+    return f"{h} h {rest // 60} min" if h else f"{rest // 60} min {rest % 60} s"
+
+
+def _run(folder: Any, settings: Any, resumed: bool, quiet: bool, retry_failed: bool) -> None:
+    from rich.markup import escape
+
+    from vqclip.batch import start
+    from vqclip.batch.sheet import SHEET, contact_sheet
+    from vqclip.commands.batch_progress import BatchProgress
+    from vqclip.commands.common import err_console, out_console, safe
+    from vqclip.commands.progress import StopOnInterrupt
+
+    output_dir = Path(settings.output_dir)
+    found = start.recover(folder, output_dir, retry_failed=retry_failed)
+    counts = folder.journal.counts()
+    total = sum(counts.values())
+    if resumed:
+        err_console.print(f"Resuming batch {folder.id}: {counts['done']} of {total} done"
+                          f"{f' ({found} found on disk)' if found else ''}, {counts['pending']} to go", markup=False)
+    else:
+        err_console.print(f"Batch {folder.id}: {total} runs ({folder.path})", markup=False)
+    import vqclip.engine  # noqa: F401  torch loads here, where a Ctrl-C simply ends the command
+
+    with StopOnInterrupt() as stop:
+        progress = BatchProgress(total, counts["done"], counts["failed"], quiet=quiet, stop=stop)
+        try:
+            counts = start.run(folder, settings, progress, should_stop=stop)
+        finally:
+            progress.close()
+    ranked = start.ranked(folder, output_dir)
+    if ranked:
+        sheet = contact_sheet(ranked, folder.path / SHEET)
+        _print_ranked(ranked)
+        if sheet is not None:
+            out_console.print(f"Contact sheet: {escape(safe(sheet))}")
+    failed = [e for e in folder.journal.entries() if e["status"] == "failed"]
+    for e in failed:
+        err_console.print(f"row {e['row']} failed after {e['attempts']} attempts: {safe(e['error'])}", markup=False)
+    out_console.print(f"Batch {folder.id}: {counts['done']} done, {counts['failed']} failed, "
+                      f"{counts['pending'] + counts['running']} left", markup=False)
+    folder.close()
+    if stop.requested:
+        from vqclip.commands.progress import report_interrupted
+
+        report_interrupted(stop, f"finished runs are kept; `vqclip batch --resume {folder.id}` does the rest.")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_ranked(ranked: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from vqclip.commands.common import out_console, safe
+
+    scored = any(r["score"] is not None for r in ranked)
+    table = Table(title="Runs, best first by CLIP score" if scored else "Runs")
+    for name in ("#", "run", "prompt", "seed", "score"):
+        table.add_column(name, overflow="fold")
+    for r in ranked:
+        table.add_row(str(r["row"]), r["run_id"], safe(r["prompt"]), str(r["seed"]),
+                      "" if r["score"] is None else f"{r['score']:.2f}")
+    out_console.print(table)

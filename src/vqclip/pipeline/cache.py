@@ -1,0 +1,69 @@
+"""Models kept loaded between runs (`vqclip batch`): every row with the same VQGAN/CLIP pair on one device loads
+them once per worker.
+
+A single run frees CLIP's text tower and the VQGAN encoder once its session has started, and stores the frozen
+weights in the planned dtype (`budget.prepare_for_steps`). Models in the cache serve the next run too, so here the
+text tower and the encoder stay, and the weight dtype is part of the key: a run only ever gets models whose
+frozen weights are stored as its own plan says (the same numbers a separate `vqclip generate` computes with).
+A model loaded with its encoder also serves runs that need none (the encoder is simply unused).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ModelCache:
+    """(yaml, ckpt, clip model, clip pretrained, device, with_encoder, trust, weight dtype) → engine.Models.
+    `loads` counts the loads done; `keep` models at most stay (the least recently used goes first)."""
+
+    def __init__(self, keep: int = 1) -> None:
+        self.keep = max(1, keep)
+        self.loads = 0
+        self._models: dict[tuple[Any, ...], Any] = {}
+        self._dtypes: dict[int, Any] = {}  # id(models) -> the weight dtype it is stored in (None: as loaded)
+
+    @staticmethod
+    def _key(args: tuple[Any, ...], encoder: bool, trust: bool, weight_dtype: Any) -> tuple[Any, ...]:
+        yaml_path, ckpt_path, clip_model, clip_pretrained, device = args
+        return (str(yaml_path), str(ckpt_path), clip_model, clip_pretrained, str(device), encoder, trust,
+                str(weight_dtype))
+
+    def get(self, args: tuple[Any, ...], kw: dict[str, Any], weight_dtype: Any = None) -> Any:
+        """The models for `engine.load_models(*args, **kw)`, loaded now only when not kept already."""
+        from vqclip import engine
+
+        encoder, trust = bool(kw.get("with_encoder")), bool(kw.get("trust"))
+        for key in ([self._key(args, encoder, trust, weight_dtype)]
+                    + ([] if encoder else [self._key(args, True, trust, weight_dtype)])):
+            if key in self._models:
+                self._models[key] = models = self._models.pop(key)  # most recently used last
+                return models
+        key = self._key(args, encoder, trust, weight_dtype)
+        while len(self._models) >= self.keep:  # free the oldest before loading the next
+            old = self._models.pop(next(iter(self._models)))
+            self._dtypes.pop(id(old), None)
+            del old
+            import gc
+
+            gc.collect()
+        models = engine.load_models(*args, **kw)
+        self.loads += 1
+        self._models[key] = models
+        self._dtypes[id(models)] = None
+        return models
+
+    def prepare_for_steps(self, models: Any, plan: Any) -> None:
+        """`budget.prepare_for_steps` for kept models: the weights stored as planned (once), nothing freed."""
+        dtype = plan.weight_dtype
+        if dtype is not None and self._dtypes.get(id(models)) != dtype:
+            models.vqgan.set_weight_dtype(dtype)
+            models.clip.set_weight_dtype(dtype)
+            self._dtypes[id(models)] = dtype
+
+    def clear(self) -> None:
+        self._models.clear()
+        self._dtypes.clear()
+
+
+__all__ = ["ModelCache"]
