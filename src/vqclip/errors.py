@@ -51,3 +51,16 @@ class UnsafeCheckpoint(VqclipError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would raise KeyboardInterrupt: the same clean stop, exit code 143."""
+
+
+def interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or SIGTERM) hidden in `exc`'s causes, when a library wrapped it in its own error type (as
+    OmegaConf does while loading a config): it must still stop the command, not read as a bad file."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None

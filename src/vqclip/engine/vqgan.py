@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vqclip.errors import VqclipError
+from vqclip.errors import VqclipError, interruption
 from vqclip.engine import decoder as lean
 from vqclip.engine.ops import replace_grad, store_frozen_weights
 
@@ -56,6 +56,9 @@ def read_spec(yaml_path: str | Path) -> VQGANSpec:
         raise VqclipError(f"model config {path} not found; pass a taming .yaml or a registry name "
                           "(see `vqclip weights list`)") from None
     except Exception as e:  # omegaconf/yaml raise many kinds
+        stop = interruption(e)
+        if stop is not None:
+            raise stop from None
         raise VqclipError(f"model config {path} is not valid YAML ({type(e).__name__}); "
                           "re-download it with `vqclip weights download`") from None
     try:
