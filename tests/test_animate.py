@@ -3,14 +3,13 @@ bad schedules, a story spread over the frames, and the gallery card."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import imageio.v2 as imageio
 import pytest
 from typer.testing import CliRunner
 
-from vqclip.cli import app
+from clihelp import details, invoke, made
 
 runner = CliRunner()
 
@@ -20,20 +19,6 @@ def tiny(t: dict, out: Path, *extra: str) -> list[str]:
             str(t["clip_ckpt"]), "--size", "48x32", "--cutn", "2", "--seed", "5", "--device", "cpu",
             "--output-dir", str(out), "--steps-per-frame", "2", "--zoom", "0:(1.0), 4:(1.08)", "--angle", "4",
             "--translate-x", "1.5", "--translate-y", "0:(0), 6:(-2)", *extra]
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    return result
-
-
-def made(result) -> Path:
-    return Path(result.stdout.strip().splitlines()[-1]).parent
-
-
-def details(run: Path) -> dict:
-    return json.loads((run / "details.json").read_text())
 
 
 def frame_bytes(run: Path) -> list[bytes]:

@@ -234,11 +234,15 @@ def test_ray_missing_says_how_to_install(monkeypatch, tmp_path):
 @pytest.fixture
 def local_ray(tmp_path):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'vqclip[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             _temp_dir=str(Path("/tmp") / f"ray-{os.getpid()}"), runtime_env={"env_vars": dict(
-                 OMP_NUM_THREADS="1", VQCLIP_HOME=os.environ["VQCLIP_HOME"], HF_HUB_OFFLINE="1")})
+    from vqclip.batch.ray_backend import init_keeping_signals
+
+    init_keeping_signals(ray, num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                         log_to_driver=False, _temp_dir=str(Path("/tmp") / f"ray-{os.getpid()}"),
+                         runtime_env={"env_vars": dict(OMP_NUM_THREADS="1", VQCLIP_HOME=os.environ["VQCLIP_HOME"],
+                                                       HF_HUB_OFFLINE="1")})
     yield ray
     ray.shutdown()
+    assert signal.getsignal(signal.SIGTERM) is not None
 
 
 def test_ray_batch_with_a_killed_actor(tiny_models, tmp_path, local_ray):

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from vqclip.commands import progress as cli_progress
 from vqclip.pipeline.resume import fit_grid, grid_change
-from vqclip.cli import app
+from clihelp import details, invoke, made
 from vqclip.errors import UsageError
 from vqclip.record import read_record
 from vqclip.runs import RunInfo, find_run
@@ -29,21 +29,6 @@ def tiny(t: dict, out: Path, *extra: str) -> list[str]:
             # an MSE anchor with a stepwise decay: the anchor and the global step must both survive the resume
             "--init-weight", "0.3", "--init-weight-decay", "0.1", "--init-weight-decay-every", "1",
             "--output-dir", str(out), *extra]
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    return result
-
-
-def made(result) -> Path:
-    """The run folder a command just wrote (its last stdout line is `<folder>/output.png`)."""
-    return Path(result.stdout.strip().splitlines()[-1]).parent
-
-
-def details(run: Path) -> dict:
-    return json.loads((run / "details.json").read_text())
 
 
 @pytest.fixture(scope="module")

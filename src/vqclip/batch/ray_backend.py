@@ -82,6 +82,20 @@ def write_run(output_dir: Path, run_id: str, files: dict[str, bytes]) -> Path:
         raise
 
 
+def init_keeping_signals(ray: Any, **options: Any) -> None:
+    """`ray.init`, leaving this process's Ctrl-C and SIGTERM handlers as they were: Ray's driver installs its own
+    (SIGTERM → exit 15), which would take over the command's clean stop (a saved journal, exit 143)."""
+    import signal
+
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ray.init(**options)
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
 class RayBackend:
     """Actors on a Ray cluster (joined at `address`: "auto", "ray://host:10001", host:port; "local" starts one
     here). A driver that is already connected (`ray.is_initialized()`) uses that connection."""
@@ -90,8 +104,8 @@ class RayBackend:
         ray = self.ray = require_ray()
         self.owns = not ray.is_initialized()
         if self.owns:
-            ray.init(address=None if address in (None, "local") else address, include_dashboard=False,
-                     log_to_driver=False)
+            init_keeping_signals(ray, address=None if address in (None, "local") else address,
+                                 include_dashboard=False, log_to_driver=False)
         self.output_dir = Path(output_dir)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cpus = int(ray.cluster_resources().get("CPU", 1))

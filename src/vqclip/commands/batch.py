@@ -13,6 +13,7 @@ from vqclip.commands.common import handle_errors
 
 
 @handle_errors
+@O.run_options()
 def batch(
     file: Optional[Path] = typer.Argument(None, help="Rows: .txt (a prompt per line), .csv, .jsonl or .yaml."),
     seeds: Optional[str] = typer.Option(None, "--seeds", metavar="A-B", help="Run every row with each seed (1-8, or 3,7,9)."),
@@ -28,18 +29,9 @@ def batch(
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on a Ray cluster (an address, or auto)."),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, max=10_000,
                                               help="Actors on a CPU-only Ray cluster (default: its CPUs)."),
-    size: Optional[str] = O.SIZE, steps: Optional[int] = O.STEPS, seed: Optional[int] = O.SEED,
-    model: Optional[str] = O.MODEL, clip_model: Optional[str] = O.CLIP_MODEL,
-    clip_pretrained: Optional[str] = O.CLIP_PRETRAINED, cutn: Optional[int] = O.CUTN,
-    cut_pow: Optional[float] = O.CUT_POW, lr: Optional[float] = O.LR, optimizer: Optional[str] = O.OPTIMIZER,
-    init_image: Optional[str] = O.INIT_IMAGE, noise_fac: Optional[float] = O.NOISE_FAC,
-    init_weight: Optional[float] = O.INIT_WEIGHT, tv_weight: Optional[float] = O.TV_WEIGHT,
-    save_every: Optional[int] = O.SAVE_EVERY, fps: Optional[int] = O.FPS, device: Optional[str] = O.DEVICE,
-    precision: Optional[str] = O.PRECISION, augment: Optional[bool] = O.AUGMENT,
-    config: Optional[Path] = O.CONFIG, output_dir: Path = O.OUTPUT_DIR,
-    weights_dir: Optional[Path] = O.WEIGHTS_DIR, no_download: bool = O.NO_DOWNLOAD,
-    trust_checkpoint: Optional[List[Path]] = O.TRUST,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No bars: one line per finished run."),
+    output_dir: Path = O.OUTPUT_DIR,
+    *,
+    flags: O.RunFlags,
 ) -> None:
     """Run many prompts, seeds or settings as one queue that survives crashes.
 
@@ -65,26 +57,23 @@ def batch(
         settings = start.settings_of(folder)
         settings.output_dir = str(output_dir)
         if devices is not None or ray is not None:
-            settings.devices, settings.ray, settings.ray_workers = _devices(devices, ray, device), ray, ray_workers
+            settings.devices, settings.ray, settings.ray_workers = _devices(devices, ray, flags.given.get("device")), ray, ray_workers
         resumed = True
     else:
         if file is None:
             raise UsageError("give a batch file (.txt, .csv, .jsonl or .yaml), or --resume BATCH")
-        rows = R.expand(file, config_file=config, seeds=R.parse_seeds(seeds), repeat=repeat,
-                        sweeps=R.parse_sweeps(sweep), overrides=O.overrides(
-                            size, steps=steps, seed=seed, model=model, clip_model=clip_model,
-                            clip_pretrained=clip_pretrained, cutn=cutn, cut_pow=cut_pow, lr=lr, optimizer=optimizer,
-                            init_image=init_image, noise_fac=noise_fac, init_weight=init_weight, tv_weight=tv_weight,
-                            save_every=save_every, fps=fps, device=device, precision=precision, augment=augment))
+        rows = R.expand(file, config_file=flags.config, seeds=R.parse_seeds(seeds), repeat=repeat,
+                        sweeps=R.parse_sweeps(sweep), overrides=flags.overrides())
         if dry_run:
             _show_table(rows, output_dir)
             return
         _check_images(rows)
-        settings = start.Settings(output_dir=str(output_dir), weights_dir=str(weights_dir) if weights_dir else None,
-                                  download=not no_download, trusted=[str(p) for p in trust_checkpoint or []],
-                                  devices=_devices(devices, ray, device), ray=ray, ray_workers=ray_workers)
+        settings = start.Settings(output_dir=str(output_dir),
+                                  weights_dir=str(flags.weights_dir) if flags.weights_dir else None,
+                                  download=flags.download, trusted=[str(p) for p in flags.trusted],
+                                  devices=_devices(devices, ray, flags.given.get("device")), ray=ray, ray_workers=ray_workers)
         folder, resumed = start.open_batch(rows, str(file), settings, new=new)
-    _run(folder, settings, resumed, quiet, retry_failed=resume_ref is not None)
+    _run(folder, settings, resumed, flags.quiet, retry_failed=resume_ref is not None)
 
 
 def _devices(devices: Optional[str], ray: Optional[str], device: Optional[str]) -> Optional[list[str]]:
