@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from vqclip.batch import rows as R
@@ -134,6 +135,10 @@ def test_batch_runs_every_row_once_and_records_it(tiny_models, tmp_path, monkeyp
     db = sqlite3.connect(folder / "journal.sqlite")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("SELECT COUNT(*) FROM entries WHERE status='done' AND run_id IS NOT NULL").fetchone()[0] == 6
+    r = invoke("batch", str(f), "--seeds", "1-2", *tiny(tiny_models, out))  # the same command: nothing left
+    assert r.exit_code == 0 and "already done" in r.output and "--new" in r.output, r.output
+    assert len(finished_runs(out)) == 6 and len(loads) == 1
+    assert Image.open(folder / "sheet.png").size[0] >= 3 * 150  # thumbnails grow to their cells
     db.close()
     r = invoke("batch", "--resume", folder.name, "-o", str(out))  # nothing left: nothing run again
     assert r.exit_code == 0 and len(finished_runs(out)) == 6, r.output

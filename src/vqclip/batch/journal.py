@@ -191,7 +191,8 @@ def batch_folders(output_dir: Path) -> list[Path]:
 
 
 def unfinished_twin(output_dir: Path, fingerprint: str) -> BatchFolder | None:
-    """The newest batch with the same expanded rows that still has rows to do (the same command line again)."""
+    """The newest batch with the same expanded rows (the same command line again), finished or not: running it
+    again does only what is left, which for a finished batch is nothing (`--new` starts another)."""
     for path in batch_folders(output_dir):
         folder = BatchFolder(path)
         try:
@@ -202,7 +203,7 @@ def unfinished_twin(output_dir: Path, fingerprint: str) -> BatchFolder | None:
             continue
         finally:
             folder.close()
-        if counts["pending"] or counts["running"]:
+        if sum(counts.values()):
             return folder
     return None
 

@@ -34,8 +34,9 @@ def contact_sheet(runs: list[dict[str, Any]], dest: Path, thumb: int = 160, colu
         try:
             with Image.open(Path(run["path"]) / IMAGE) as img:
                 img = img.convert("RGB")
-                img.thumbnail((thumb, thumb))
-                images.append((run, img))
+                scale = thumb / max(img.width, img.height)  # small images grow to the cell too
+                size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+                images.append((run, img.resize(size, Image.NEAREST if scale > 2 else Image.LANCZOS)))
         except (OSError, ValueError):
             continue
     if not images:

@@ -161,7 +161,10 @@ def _run(folder: Any, settings: Any, resumed: bool, quiet: bool, retry_failed: b
     found = start.recover(folder, output_dir, retry_failed=retry_failed)
     counts = folder.journal.counts()
     total = sum(counts.values())
-    if resumed:
+    if resumed and not counts["pending"] and not counts["running"]:
+        err_console.print(f"Batch {folder.id} is already done ({counts['done']} runs, {counts['failed']} failed): "
+                          "nothing left to do; pass --new to run its rows again", markup=False)
+    elif resumed:
         err_console.print(f"Resuming batch {folder.id}: {counts['done']} of {total} done"
                           f"{f' ({found} found on disk)' if found else ''}, {counts['pending']} to go", markup=False)
     else:
