@@ -7,6 +7,7 @@
     python scripts/bench.py gallery --runs 2000
     python scripts/bench.py cache           # pickle load vs the safetensors cache (a ~1 GB random checkpoint)
     python scripts/bench.py startup         # `vqclip --help` and `--version`: median wall time of fresh processes
+    python scripts/bench.py frame           # an animation frame transition (decode, warp, encode) vs one step
 
 Both sides build the real architectures with random weights (vqgan_imagenet_f16_16384's ddconfig from the
 packaged yaml, open_clip `ViT-B-32-quickgelu` with `pretrained=None`) and run `--warmup` + `--steps` optimiser
@@ -75,31 +76,33 @@ def _rss_mb() -> float:
         return float("nan")
 
 
-def _random_vqgan(spec: Any, device: Any) -> Any:
-    """A `VQGAN` (decoder + codebook only, as vqclip loads it) with random weights in the real architecture."""
+def _random_vqgan(spec: Any, device: Any, with_encoder: bool = False) -> Any:
+    """A `VQGAN` (decoder + codebook, as vqclip loads it; + encoder if asked) with random weights in the real
+    architecture."""
     import contextlib
     import io
 
     import torch
-    from taming.modules.diffusionmodules.model import Decoder
+    from taming.modules.diffusionmodules.model import Decoder, Encoder
 
     from vqclip.engine.vqgan import build_vqgan
 
+    z_ch = spec.ddconfig["z_channels"]
     with contextlib.redirect_stdout(io.StringIO()):
-        dec = Decoder(**spec.ddconfig)
-    state = {f"decoder.{k}": v for k, v in dec.state_dict().items()}
-    pqc = torch.nn.Conv2d(spec.embed_dim, spec.ddconfig["z_channels"], 1)
-    state.update({f"post_quant_conv.{k}": v for k, v in pqc.state_dict().items()})
+        parts = {"decoder": Decoder(**spec.ddconfig), "post_quant_conv": torch.nn.Conv2d(spec.embed_dim, z_ch, 1)}
+        if with_encoder:
+            parts |= {"encoder": Encoder(**spec.ddconfig), "quant_conv": torch.nn.Conv2d(z_ch, spec.embed_dim, 1)}
+    state = {f"{p}.{k}": v for p, m in parts.items() for k, v in m.state_dict().items()}
     state["quantize.embedding.weight"] = torch.empty(spec.n_embed, spec.embed_dim).uniform_(-1, 1) / spec.n_embed
-    del dec, pqc
-    return build_vqgan(spec, state, False, "random weights").to(device)
+    del parts
+    return build_vqgan(spec, state, with_encoder, "random weights").to(device)
 
 
-def random_models(spec: Any, device: Any) -> Any:
+def random_models(spec: Any, device: Any, with_encoder: bool = False) -> Any:
     """`engine.Models` of the real architectures with random weights (the f16 decoder + codebook, ViT-B/32)."""
     from vqclip import engine
 
-    return engine.Models(_random_vqgan(spec, device), engine.load_clip(CLIP, "none", device), device)
+    return engine.Models(_random_vqgan(spec, device, with_encoder), engine.load_clip(CLIP, "none", device), device)
 
 
 def make_session(device: Any, width: int, height: int, cutn: int, *, precision: str = "auto", mode: str = "ours",
@@ -436,6 +439,128 @@ def bench_fit(args: argparse.Namespace, console: Any) -> dict[str, Any]:
 CUDA_CONTEXT = 600 * 2**20  # what the CUDA context and kernels take outside torch's allocator (typical)
 
 
+FRAME_SIZE = (384, 256)  # width, height
+FRAME_MOVE = {"zoom": 1.02, "angle": 1.0, "tx": 1.5, "ty": -2.0, "border": "wrap"}
+
+
+def _frame_devices(device: str) -> list[Any]:
+    """`--device auto`: the CPU, and CUDA too when there is one; otherwise the device asked for."""
+    import torch
+
+    from vqclip.engine import pick_device
+
+    if device != "auto":
+        return [pick_device(device)]
+    return [torch.device("cpu"), *([pick_device("cuda")] if torch.cuda.is_available() else [])]
+
+
+def _frame_row(args: argparse.Namespace, device: Any, spec: Any) -> dict[str, Any]:
+    """One device's row of the frame section (see `bench_frame`)."""
+    import torch
+
+    from vqclip.engine.precision import choose_precision
+    from vqclip.engine.warp import warp
+    from vqclip.pipeline import memory
+    from vqclip.pipeline.animate import _encode
+
+    w, h = FRAME_SIZE
+
+    def timed(fn: Any, *a: Any) -> tuple[Any, float]:
+        t = time.perf_counter()
+        out = fn(*a)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out, 1000 * (time.perf_counter() - t)
+
+    def move(image: Any) -> Any:  # as animate: the decoded image (on the CPU) to the device, warped there
+        return warp(image[None].to(device, torch.float32), **FRAME_MOVE)[0]
+
+    models = random_models(spec, device, with_encoder=True)
+    models.bench_prepared = True  # as animate: encoder kept, weights as loaded (no prepare_for_steps)
+    session, _, _, info = make_session(device, w, h, args.cutn, precision=args.precision, models=models)
+    models.clip.release_text_tower()
+    parts: dict[str, list[float]] = {"step": [], "decode": [], "warp": [], "encode": []}
+    reported: list[float] = []  # the step ends when it reports (its numbers on the host); run then decodes
+    for i in range(args.warmup + args.steps):  # as animate's frames (of one step here), steps and transitions
+        t0 = time.perf_counter()
+        image = session.run(1, lambda _: reported.append(time.perf_counter())).image
+        t_step, t_dec = 1000 * (reported[-1] - t0), 1000 * (time.perf_counter() - reported[-1])
+        moved, t_warp = timed(move, image)
+        z, t_enc = timed(_encode, models, moved.clamp(0, 1))
+        session.restart_from(z, keep_optimizer=True)
+        if i >= args.warmup:
+            for times, ms in zip(parts.values(), (t_step, t_dec, t_warp, t_enc)):
+                times.append(round(ms, 2))
+    med = {f"{k}_ms": round(statistics.median(v), 2) for k, v in parts.items()}
+    step = med.pop("step_ms")
+    transition = sum(med.values())
+    encoder = [models.vqgan.encoder, models.vqgan.quant_conv]
+    prec = choose_precision(args.precision, device)
+
+    def estimate(with_encoder: bool) -> dict[str, float]:
+        e = memory.estimate(spec, CLIP, w, h, args.cutn, device, prec, info["low_memory"], with_encoder=with_encoder,
+                            keep_encoder=with_encoder)
+        return {k: round(v / 2**20, 1) for k, v in (("total_mb", e.total), ("step_phase_mb", e.step_phase),
+                                                     ("load_phase_mb", e.load_phase))}
+
+    return {"device": str(device), "precision": info["precision"], "low_memory": info["low_memory"], **med,
+            "transition_ms": round(transition, 2), "step_ms": round(step, 2), "ratio": round(transition / step, 4),
+            "times_ms": parts,
+            "encoder_weights_mb": round(sum(p.nbytes for m in encoder for p in m.parameters()) / 2**20, 1),
+            "estimate_without_encoder": estimate(False), "estimate_with_encoder": estimate(True)}
+
+
+def bench_frame(args: argparse.Namespace, console: Any) -> dict[str, Any]:
+    """What one animation frame transition costs against one optimiser step, per device, in this process.
+
+    As `vqclip animate` makes frames (`pipeline/animate.py`; models with the encoder, the text tower released,
+    weights as loaded), `--warmup` + `--steps` rounds of: one step (`session.run(1)`, until the step has reported),
+    decode (the `session.image()` that ends `run`, whose image animate warps), warp on the device (FRAME_MOVE),
+    re-encode (`models.vqgan.encode`), `restart_from` (untimed). Steps and transitions interleave, so a busy
+    machine slows both alike; medians over the rounds after `--warmup`. Plus the memory estimate of an animation
+    at that size with and without the encoder kept through the steps (`memory.estimate(keep_encoder=)`)."""
+    _import_path()
+    from vqclip import hugepages
+
+    huge = hugepages.enable()  # in effect when `main` could turn it on before torch was imported (not under all)
+    import torch
+    from rich.table import Table
+
+    from vqclip import engine
+    from vqclip.animation import Animation
+    from vqclip.pipeline.memory import MiB, fmt
+    from vqclip.weights.registry import packaged_yaml
+
+    torch.set_num_threads(args.threads)
+    spec, (w, h) = engine.read_spec(packaged_yaml(MODEL)), FRAME_SIZE
+    rows, load = [], [round(x, 2) for x in os.getloadavg()]
+    for device in _frame_devices(args.device):
+        console.print(f"[dim]frame transition {w}x{h} cutn {args.cutn} on {device}…[/dim]")
+        rows.append(_frame_row(args, device, spec))
+    load_end = [round(x, 2) for x in os.getloadavg()]
+    t = Table(title=f"Animation frame transition vs one step: {w}x{h}, cutn {args.cutn}, {FRAME_MOVE} "
+                    f"(medians of {args.steps}; {_machine()}; load avg {load} → {load_end})")
+    for col in ("device", "precision", "decode ms", "warp ms", "encode ms", "sum ms", "step ms", "sum/step",
+                "estimate", "+encoder"):
+        t.add_column(col, justify="left" if col in ("device", "precision") else "right")
+    for r in rows:
+        t.add_row(r["device"], r["precision"],
+                  *(f"{r[k]:.1f}" for k in ("decode_ms", "warp_ms", "encode_ms", "transition_ms", "step_ms")),
+                  f"{r['ratio']:.2f}×", fmt(r["estimate_without_encoder"]["total_mb"] * MiB),
+                  fmt(r["estimate_with_encoder"]["total_mb"] * MiB))
+    console.print(t)
+    n = Animation.model_fields["steps_per_frame"].default
+    for r in rows:
+        no, yes = r["estimate_without_encoder"], r["estimate_with_encoder"]
+        console.print(f"{r['device']}: a transition costs {r['ratio']:.2f} steps, so a frame of --steps-per-frame N "
+                      f"costs N + {r['ratio']:.2f} steps (+{100 * r['ratio'] / n:.0f}% at the default {n}); "
+                      f"estimate step / load phase {no['step_phase_mb']:.0f} / {no['load_phase_mb']:.0f} MiB, "
+                      f"with the encoder ({r['encoder_weights_mb']:.0f} MiB of weights) "
+                      f"{yes['step_phase_mb']:.0f} / {yes['load_phase_mb']:.0f} MiB")
+    return {"size": [w, h], "cutn": args.cutn, "move": FRAME_MOVE, "warmup": args.warmup, "repeats": args.steps,
+            "huge_pages": huge, "rows": rows, "loadavg_start": load, "loadavg_end": load_end}
+
+
 STARTUP_ARGS = (("--help",), ("--version",))
 STARTUP_TARGET_S = 0.3  # median wall time a user waits for `vqclip --help` / `--version`
 
@@ -512,6 +637,27 @@ def bench_gallery_section(args: argparse.Namespace, console: Any) -> dict[str, A
         result = bench_gallery(tmp, args.runs)
     console.print(f"gallery: {result['n_runs']} runs, scratch {result['scratch_s']} s, "
                   f"incremental {result['incremental_s']} s, no-change {result['noop_s']} s")
+    return result
+
+
+def bench_batch_section(args: argparse.Namespace, console: Any) -> dict[str, Any]:
+    """`vqclip batch` vs separate `vqclip generate` commands: the per-run overhead (scripts/bench_batch.py)."""
+    from rich.table import Table
+
+    _import_path()
+    from bench_batch import bench_batch
+
+    result = bench_batch(rows=args.batch_rows, repeats=max(1, args.repeats))
+    t = Table(title=f"Per-run overhead: {result['rows']} tiny-model runs ({' '.join(result['row_args'])}), "
+                    f"medians of {result['repeats']}")
+    for col in ("way", "wall s", "inside runs s", "overhead per run s", "wall per run s"):
+        t.add_column(col, justify="left" if col == "way" else "right")
+    for way, label in (("batch", "vqclip batch (models kept)"), ("separate", "separate vqclip generate")):
+        m = result["median"][way]
+        t.add_row(label, f"{m['wall_s']:.1f}", f"{m['inside_s']:.1f}", f"{m['overhead_per_run_s']:.2f}",
+                  f"{m['wall_per_run_s']:.2f}")
+    console.print(t)
+    console.print(f"batch is {result['speedup_wall_per_run']:.2f}× faster per run (wall)")
     return result
 
 
@@ -604,11 +750,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("section", nargs="?", default="all", choices=("engine", "fit", "gallery", "cache", "startup",
-                                                                "all", "_worker"))
+                                                                "frame", "batch", "all", "_worker"))
     ap.add_argument("--sizes", default="256,384", help="square sizes, comma-separated (default 256,384)")
     ap.add_argument("--cutn", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per run (default 3)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed first steps (default 1)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per run (frame: and transitions; default 3)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed first steps (frame: and transitions; default 1)")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved subprocesses per mode (default 1)")
     ap.add_argument("--modes", default="classic,ours", help=f"comma-separated, of {', '.join(MODES)}")
     ap.add_argument("--device", default="auto")
@@ -617,6 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--runs", type=int, default=2000, help="gallery: synthetic runs")
     ap.add_argument("--startup-runs", type=int, default=7, help="startup: timed processes per command (default 7)")
+    ap.add_argument("--batch-rows", type=int, default=6, help="batch: rows (default 6)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench-results/bench-<time>.json)")
     ap.add_argument("--mode", default="ours", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=256, help=argparse.SUPPRESS)
@@ -624,6 +771,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.section == "_worker":
         worker(args)
         return 0
+    if args.section == "frame":  # as `vqclip` does on start, before torch is imported (`_machine` imports it);
+        _import_path()  # not under "all": the engine workers' ablations (classic, ours-nothp) would inherit it
+        from vqclip import hugepages
+
+        hugepages.enable()
     from rich.console import Console
 
     console = Console(width=max(120, Console().width))
@@ -638,6 +790,10 @@ def main(argv: list[str] | None = None) -> int:
         data["gallery"] = bench_gallery_section(args, console)
     if args.section in ("startup", "all"):
         data["startup"] = bench_startup(args, console)
+    if args.section in ("frame", "all"):
+        data["frame"] = bench_frame(args, console)
+    if args.section in ("batch", "all"):
+        data["batch"] = bench_batch_section(args, console)
     if args.section == "cache":  # not part of "all": it writes a ~1 GB checkpoint
         data["cache"] = bench_cache_section(console)
     out = args.out or ROOT / "bench-results" / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"

@@ -127,6 +127,9 @@ def _animate(req: AnimateRequest, rep: Reporter, used: dict[str, Any]) -> RunOut
                                        state=req.state)
         for note in session.notes:
             rep.note(note)
+        if run.plan.weight_dtype is not None:  # frozen weights stored as planned; the encoder keeps fp32
+            models.vqgan.set_weight_dtype(run.plan.weight_dtype)
+            models.clip.set_weight_dtype(run.plan.weight_dtype)
         models.clip.release_text_tower()  # the encoder stays: every frame is re-encoded
         done = [0]
 

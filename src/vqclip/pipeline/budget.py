@@ -125,10 +125,10 @@ def _low_memory(config: Any, normal: Estimate, budget: int | None) -> bool:
 
 
 def plan_run(config: Any, spec: Any, width: int, height: int, device: Any, precision: Any, *,
-             with_encoder: bool = False, first_load_bytes: int = 0) -> Plan:
+             with_encoder: bool = False, first_load_bytes: int = 0, keep_encoder: bool = False) -> Plan:
     """Decide low-memory mode (when `config.low_memory` is None) and refuse up front a run that will not fit."""
     budget = memory_budget(device)
-    kw = {"with_encoder": with_encoder, "first_load_bytes": first_load_bytes}
+    kw = {"with_encoder": with_encoder, "first_load_bytes": first_load_bytes, "keep_encoder": keep_encoder}
     args = (spec, config.clip_model, width, height, config.cutn, device, precision)
     normal = estimate(*args, low_memory=False, **kw)
     low = _low_memory(config, normal, budget)

@@ -73,6 +73,7 @@ def load_run(cfg: RunConfig, *, weights_dir: Path | None, download: bool, truste
             precision = Precision.parse(inherit_precision[1])
     precision.apply(device)
     plan = budget.plan_run(cfg, spec, width, height, device, precision, with_encoder=encoder,
+                           keep_encoder=with_encoder,
                            first_load_bytes=budget.first_load_bytes(files.ckpt_path))
     if plan.note:
         rep.note(plan.note)

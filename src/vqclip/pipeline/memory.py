@@ -217,10 +217,11 @@ def clip_chunk_for(device: Any, low_memory: bool, cutn: int) -> int:
 
 def estimate(spec: Any, clip_name: str, width: int, height: int, cutn: int, device: Any = "cpu",
              precision: Any = None, low_memory: bool = False, with_encoder: bool = False,
-             first_load_bytes: int = 0) -> Estimate:
+             first_load_bytes: int = 0, keep_encoder: bool = False) -> Estimate:
     """Estimated peak memory (bytes) of a run; `precision` is an `engine.precision.Precision` (None = fp32).
     `first_load_bytes` (the whole checkpoint read before the decoder cache exists) counts on the CPU and MPS
-    (unified memory), not on CUDA, where it sits in host RAM."""
+    (unified memory), not on CUDA, where it sits in host RAM. `keep_encoder`: the encoder stays loaded while
+    stepping (an animation), not only while loading."""
     import torch
 
     device = torch.device(device) if not isinstance(device, torch.device) else device
@@ -230,6 +231,8 @@ def estimate(spec: Any, clip_name: str, width: int, height: int, cutn: int, devi
     stored = getattr(precision, "weights", None)
     w_scale = torch.finfo(stored).bits / 32 if stored is not None else 1.0
     weights = int((arch.decoder_weights + arch.clip_visual_weights) * w_scale + arch.codebook)
+    if keep_encoder:  # an animation re-encodes every frame: the encoder (fp32) stays through the steps
+        weights += arch.encoder_weights
     dec = int(DEC_FACTOR * arch.trace_decoder(width, height, dec_dt, low_memory))
     chunk = clip_chunk_for(device, low_memory, cutn) or cutn
     clip = int(CLIP_FACTOR * _clip_saved(arch, chunk, clip_dt))
