@@ -189,3 +189,33 @@ def test_gallery_shows_the_animation(one_go):
     page = (one_go["out"] / "index.html").read_text()
     assert re.search(r'"frames":\s*5\b', page) and re.search(r'"video":\s*true', page)
     assert " frames" in page and "Play the animation" in page  # the page's script labels animation cards
+
+
+def test_sigterm_finishes_the_frame_and_saves(one_go, tmp_path):
+    """The installed command, a real SIGTERM after a few frames: exit 143, an interrupted run with its frames,
+    video and state, and `continue` makes the frames left."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    exe = shutil.which("vqclip") or str(Path(sys.executable).with_name("vqclip"))
+    out = tmp_path / "output"
+    args = [exe, "animate", "a cave", "--frames", "60", "--fps", "4", "-q", *tiny(one_go["t"], out)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and len(list(out.glob(".tmp-*/frames/*.png"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=90)
+    text = stdout.decode() + stderr.decode()
+    assert proc.returncode == 143, text
+    assert "Traceback" not in text and "finishing this frame" in text
+    run = Path(stdout.decode().strip().splitlines()[-1]).parent
+    d = details(run)
+    done = d["animation"]["frames_done"]
+    assert d["status"] == "interrupted" and 2 <= done < 60 and len(frame_bytes(run)) == done
+    assert video_frames(run / "anim.mp4") == done and (run / "state.pt").is_file()
+    assert not list(out.glob(".tmp-*"))

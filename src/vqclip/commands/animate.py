@@ -58,7 +58,7 @@ def animate(
     O.check_inputs(cfg, output_dir)
     import vqclip.engine  # noqa: F401  torch loads here, where a Ctrl-C simply ends the command (see StopOnInterrupt)
 
-    with StopOnInterrupt() as stop:
+    with StopOnInterrupt(unit="frame") as stop:
         outcome = run_animation(AnimateRequest(config=cfg, animation=animation, output_dir=output_dir,
                                                weights_dir=flags.weights_dir, download=flags.download,
                                                trusted=flags.trusted, should_stop=stop),

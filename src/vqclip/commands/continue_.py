@@ -103,7 +103,7 @@ def _extend_animation(parent: Any, frames: Optional[int], flags: dict[str, Any],
         raise UsageError(f"{parent.id} is an animation: it goes on with its own settings, so {names} cannot "
                          "change; pass --frames M (and --device or --precision), or start anew with `vqclip animate`")
     reporter = RichReporter(quiet=quiet, label="animating")
-    with StopOnInterrupt() as stop:
+    with StopOnInterrupt(unit="frame") as stop:
         req, notes = extension_request(parent, frames, output_dir=output_dir, weights_dir=weights_dir,
                                        download=download, trusted=trusted, should_stop=stop,
                                        device=flags.get("device"), precision=flags.get("precision"))

@@ -103,7 +103,8 @@ class StopOnInterrupt:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, unit: str = "step") -> None:
+        self.unit = unit  # what a first signal lets finish: a "step", or an animation's "frame"
         self.requested = False
         self.armed = True  # see RichReporter.attach
         self.signum: int | None = None
@@ -127,7 +128,7 @@ class StopOnInterrupt:
         self.requested = True
         self.signum = signum
         what = "Terminated" if signum == signal.SIGTERM else "Stopping"
-        self.console.print(f"\n[yellow]{what}: finishing this step and saving… (Ctrl-C again aborts without "
+        self.console.print(f"\n[yellow]{what}: finishing this {self.unit} and saving… (Ctrl-C again aborts without "
                            "saving)[/]")
 
     def __enter__(self) -> StopOnInterrupt:
