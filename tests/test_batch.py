@@ -286,3 +286,19 @@ def test_ray_batch_with_a_killed_actor(tiny_models, tmp_path, local_ray):
     assert sorted(d["batch"]["row"] for d in runs) == [0, 1, 2]
     assert all((out / d["id"] / "output.png").is_file() and (out / d["id"] / "state.pt").is_file() for d in runs)
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_rows_without_a_seed_get_one_kept_in_the_batch(tmp_path):
+    """A seed is chosen when the batch is made and written to batch.json, so a row redone after a crash makes
+    the same image; the same command line still finds the batch (its fingerprint leaves seeds unset)."""
+    from vqclip.batch import start
+
+    f = tmp_path / "p.txt"
+    f.write_text("one\ntwo\n")
+    out = tmp_path / "out"
+    settings = start.Settings(output_dir=str(out))
+    folder, resumed = start.open_batch(R.expand(f), str(f), settings)
+    seeds = [r["config"]["seed"] for r in folder.info()["rows"]]
+    assert not resumed and all(isinstance(s, int) for s in seeds)
+    again, resumed = start.open_batch(R.expand(f), str(f), settings)
+    assert resumed and again.path == folder.path and [r["config"]["seed"] for r in again.info()["rows"]] == seeds

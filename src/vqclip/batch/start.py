@@ -36,6 +36,11 @@ def open_batch(rows: list[Row], source: str, settings: Settings, new: bool = Fal
         twin = unfinished_twin(out, print_)
         if twin is not None:
             return twin, True
+    import secrets
+
+    for row in rows:  # a seed chosen now and kept in batch.json: a row redone after a crash makes the same image
+        if row.config.seed is None:
+            row.config = row.config.model_copy(update={"seed": secrets.randbelow(2**31)})
     info = {"source": source, "fingerprint": print_, "settings": asdict(settings),
             "rows": [r.to_json() for r in rows]}
     return BatchFolder.create(out, info), False
