@@ -46,8 +46,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """`obj` as UTF-8 JSON; a lone surrogate (not encodable as UTF-8) is written as its `\\uXXXX` escape, which
-    reads back as the same string."""
+    """`obj` as UTF-8 JSON; a lone surrogate (not encodable as UTF-8) is written as its JSON escape
+    (`\\udcff`), which reads back as the same string."""
     text = json.dumps(finite_json(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)  # only inside strings: JSON escapes are valid
     atomic_write_bytes(path, text.encode())

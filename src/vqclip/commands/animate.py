@@ -74,25 +74,10 @@ def animation_settings(config_file: Optional[Path], overrides: dict[str, Any], v
     from pydantic import ValidationError
 
     from vqclip.animation import Animation
-    from vqclip.config import RunConfig, build_config, validation_lines
+    from vqclip.config import build_config, validation_lines
     from vqclip.errors import UsageError
-    from vqclip.prompts import PromptError, parse_story
 
-    story = overrides.get("prompt") or ""
-    if "^" in story:
-        try:
-            stages = parse_story(story)
-        except PromptError as e:
-            raise UsageError(str(e)) from None
-        overrides = {**overrides, "prompt": stages[0]}
-    cfg = build_config(config_file, overrides)
-    if "^" in story:
-        for i, stage in enumerate(stages, start=1):
-            try:
-                RunConfig.model_validate({**cfg.model_dump(), "prompt": stage})
-            except ValidationError as e:
-                raise UsageError(f"stage {i} ({stage!r}): {'; '.join(validation_lines(e))}") from None
-        cfg = cfg.model_copy(update={"prompt": story})
+    cfg = build_config(config_file, overrides)  # RunConfig checks every stage of a story prompt on its own
     try:
         animation = Animation.model_validate(values)
     except ValidationError as e:

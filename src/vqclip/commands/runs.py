@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-from vqclip.commands.common import CONTEXT, err_console, handle_errors, out_console
+from vqclip.commands.common import CONTEXT, err_console, handle_errors, out_console, safe
 from vqclip.record import DETAILS
 from vqclip.runs import BadRun, RunInfo, check_output_dir, find_run, lineage, scan_runs
 from vqclip.tempruns import remove_temp, temp_folders
@@ -30,25 +30,10 @@ OUTPUT_DIR = typer.Option(Path("output"), "--output-dir", "-o", help="Folder hol
 AS_JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
-# C0/C1 controls (ESC starts terminal sequences), DEL, lone surrogates (cannot be written as UTF-8), line/paragraph
-# separators, bidi embeddings/overrides/isolates (reorder what is shown) and the BOM.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
-# The same without C0 controls, which json.dumps escapes itself (and whose newlines are the JSON's own layout).
+# `safe`'s characters without the C0 controls, which json.dumps escapes itself (and whose newlines are the
+# JSON's own layout).
 _UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape_char(m: re.Match[str]) -> str:
-    ch = m.group()
-    if ch in _NAMED:
-        return _NAMED[ch]
-    o = ord(ch)
-    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
-
-
-def printable(value: Any) -> str:
-    """`value` as text that is safe to send to a terminal: unsafe characters shown as `\\x1b`, `\\ud800`, `\\n`."""
-    return _UNSAFE.sub(_escape_char, value if isinstance(value, str) else str(value))
+printable = safe  # runs print what details.json holds: any string, shown escaped
 
 
 def _markup(value: Any) -> str:
@@ -65,7 +50,7 @@ def _cell(value: Any) -> Any:
 
 
 def dumps(obj: Any) -> str:
-    """JSON with non-ASCII kept readable but every unsafe character (see `_UNSAFE`) as a `\\u` escape of four
+    """JSON with non-ASCII kept readable but every unsafe character (see `commands.common.safe`) as a `\\u` escape of four
     hex digits, so the output is valid UTF-8 and parses back to the same strings."""
     text = json.dumps(obj, indent=2, ensure_ascii=False)
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

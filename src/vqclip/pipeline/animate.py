@@ -24,7 +24,7 @@ from vqclip.config import RunConfig
 from vqclip.errors import VqclipError, one_line
 from vqclip.pipeline import oom
 from vqclip.pipeline.execute import Reporter, RunOutcome
-from vqclip.record import IMAGE, STATE, VIDEO, Clip, Continued, Files, RunRecord, Timings, Weights, now_iso
+from vqclip.record import IMAGE, STATE, VIDEO, Continued, Files, now_iso
 from vqclip.runs import RunFolder
 
 FRAMES = "frames"
@@ -87,7 +87,6 @@ def _animate(req: AnimateRequest, rep: Reporter, used: dict[str, Any]) -> RunOut
 
     from vqclip import engine
     from vqclip.engine.warp import warp
-    from vqclip.pipeline.execute import versions
     from vqclip.pipeline.load import load_run
     from vqclip.pipeline.media import VideoWriter, image_parameters, interpolate_video, png_bytes
     from vqclip.pipeline.score import run_score, score_text
@@ -209,27 +208,16 @@ def _animate(req: AnimateRequest, rep: Reporter, used: dict[str, Any]) -> RunOut
         save_state(folder.file(STATE), last_state if last_state is not None else session.state_dict())
         record_anim = anim.model_copy(update={"frames_done": len(per_frame), "per_frame": per_frame,
                                               "story_frames": story_frames})
-        timed = step_seconds[1:] or step_seconds
-        parent_record = req.parent.record if req.parent is not None else None
-        record = RunRecord(
-            id=folder.id, created=created, finished=now_iso(), status=status, error=error,
-            prompt=req.config.prompt, config=req.config.model_dump(mode="json"), seed=run.seed,
-            size=(run.width, run.height), steps_done=len(losses), steps_planned=planned,
-            global_step=step, losses=[round(x, 6) for x in losses], skipped_steps=skipped, score=score,
-            timings=Timings(load_s=round(run.load_s, 3), run_s=round(run_s, 3),
-                            total_s=round(time.perf_counter() - t_start, 3),
-                            per_step_s=round(sorted(timed)[len(timed) // 2], 4) if timed else None),
-            device=str(device), precision=run.precision.describe(), low_memory=run.plan.low_memory,
-            memory_estimate_mb=round(run.plan.estimate.total / 2**20), versions=versions(),
-            weights=Weights(name=run.files.name, sha256=run.files.sha256, source=run.files.source,
-                            path=str(run.files.ckpt_path)),
-            clip=Clip(model=models.clip.name, pretrained=cfg.clip_pretrained),
-            parent=req.parent.id if req.parent is not None else None,
-            root=(parent_record.root or req.parent.id) if req.parent is not None else folder.id,
-            stage=(req.parent.stage + 1) if req.parent is not None else 1, files=run_files,
-            continue_=Continued(from_=req.parent.id, from_step=req.state["step"] if req.state else None,
-                                start="state", resize=None) if req.parent is not None else None,
-            animation=record_anim.model_dump(mode="json"))
+        parent = req.parent
+        record = run.record(
+            folder.id, created, status=status, error=error, prompt=req.config.prompt,
+            config=req.config.model_dump(mode="json"), steps_done=len(losses), steps_planned=planned,
+            global_step=step, losses=losses, skipped_steps=skipped, score=score, step_seconds=step_seconds,
+            run_s=run_s, t_start=t_start, parent=parent.id if parent else None,
+            root=(parent.record.root or parent.id) if parent else folder.id, stage=parent.stage + 1 if parent else 1,
+            files=run_files, animation=record_anim.model_dump(mode="json"),
+            continue_=Continued(from_=parent.id, from_step=req.state["step"] if req.state else None, start="state")
+            if parent else None)
         folder.write_record(record)
         path = folder.commit()
     except BaseException as exc:
@@ -253,6 +241,7 @@ def extension_request(parent: Any, more_frames: int | None, *, output_dir: Path 
 
     from vqclip.config import validation_lines
     from vqclip.errors import UsageError
+    from vqclip.pipeline.resume import recorded_precision
     from vqclip.record import BadRun
     from vqclip.state import load_state
 
@@ -281,12 +270,10 @@ def extension_request(parent: Any, more_frames: int | None, *, output_dir: Path 
                      "from its frames and state — start anew with `vqclip animate`")
     state = load_state(parent.path / STATE)
     anim = anim.model_copy(update={"frames": frames, "story_frames": anim.story_frames or anim.frames})
-    inherit = None
-    if record.device and record.precision:
-        inherit = (record.device.split(":")[0], record.precision)
     return AnimateRequest(config=cfg, animation=anim, output_dir=output_dir or parent.path.parent,
                           weights_dir=weights_dir, download=download, trusted=list(trusted or []),
-                          should_stop=should_stop, parent=parent, state=state, inherit_precision=inherit), notes
+                          should_stop=should_stop, parent=parent, state=state,
+                          inherit_precision=recorded_precision(record)), notes
 
 
 def frame_pixels(data: bytes) -> Any:

@@ -7,16 +7,14 @@ itself: notes and progress go to a `Reporter` supplied by the caller (the CLI's 
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from vqclip import __version__
 from vqclip.config import RunConfig
 from vqclip.errors import VqclipError, one_line
-from vqclip.record import DETAILS, IMAGE, STATE, VIDEO, Clip, Continued, Files, RunRecord, Timings, Weights, now_iso
+from vqclip.record import DETAILS, IMAGE, STATE, VIDEO, Continued, Files, RunRecord, now_iso
 from vqclip.pipeline import oom
 from vqclip.runs import RunFolder
 
@@ -80,19 +78,6 @@ class RunOutcome:
         return self.record.model_dump(mode="json")
 
 
-def versions() -> dict[str, str]:
-    import torch
-
-    try:
-        import open_clip
-
-        oc = getattr(open_clip, "__version__", "unknown")
-    except ImportError:  # pragma: no cover
-        oc = "missing"
-    return {"vqclip": __version__, "torch": torch.__version__, "open_clip": oc,
-            "python": platform.python_version()}
-
-
 def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
     """Do one run and leave a complete run folder (finished, interrupted or failed), or nothing at all. The
     device's cached memory goes back to the driver at the end, so runs in one process do not pile up."""
@@ -125,9 +110,9 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
     run = load_run(cfg, weights_dir=req.weights_dir, download=req.download, trusted=req.trusted, reporter=rep,
                    used=used, start_image=req.start_image, has_state=req.state is not None,
                    inherit_precision=req.inherit_precision, models_cache=req.models_cache)
-    seed, files, spec, width, height, device = run.seed, run.files, run.spec, run.width, run.height, run.device
+    seed, spec, width, height, device = run.seed, run.spec, run.width, run.height, run.device
     precision, plan, settings, models, prompts = run.precision, run.plan, run.settings, run.models, run.prompts
-    init, image_prompts, start_image, load_s = run.init, run.image_prompts, run.start_image, run.load_s
+    init, image_prompts, start_image = run.init, run.image_prompts, run.start_image
 
     def oom_text() -> str:
         return oom.oom_message(device, width, height, cfg.cutn, plan.low_memory, spec.factor)
@@ -215,23 +200,13 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
         folder.write(IMAGE, png_bytes(result.image, image_parameters(cfg, seed, result.global_step, (width, height),
                                                                      score_text(score))))
         save_state(folder.file(STATE), session.state_dict())
-        steps_timed = result.step_seconds[1:] or result.step_seconds
         run_files.video = VIDEO if video_path else None
-        record = RunRecord(
-            id=folder.id, created=created, finished=now_iso(), status=status, error=error, prompt=cfg.prompt,
-            config=cfg.model_dump(mode="json"), seed=seed, size=(width, height), steps_done=result.steps_done,
-            steps_planned=cfg.steps, global_step=result.global_step,
-            losses=[round(x, 6) for x in result.losses],  # not finite (an overflow): recorded as null
-            skipped_steps=result.skipped_steps, score=score,
-            timings=Timings(load_s=round(load_s, 3), run_s=round(run_s, 3),
-                            total_s=round(time.perf_counter() - t_start, 3),
-                            per_step_s=round(sorted(steps_timed)[len(steps_timed) // 2], 4) if steps_timed else None),
-            device=str(device), precision=precision.describe(), low_memory=plan.low_memory,
-            memory_estimate_mb=round(plan.estimate.total / 2**20), versions=versions(),
-            weights=Weights(name=files.name, sha256=files.sha256, source=files.source, path=str(files.ckpt_path)),
-            clip=Clip(model=models.clip.name, pretrained=cfg.clip_pretrained),
-            parent=req.parent, root=req.root or folder.id, stage=req.stage, files=run_files, continue_=req.continued,
-            batch=req.batch)
+        record = run.record(
+            folder.id, created, status=status, error=error, prompt=cfg.prompt, config=cfg.model_dump(mode="json"),
+            steps_done=result.steps_done, steps_planned=cfg.steps, global_step=result.global_step,
+            losses=result.losses, skipped_steps=result.skipped_steps, score=score, step_seconds=result.step_seconds,
+            run_s=run_s, t_start=t_start, parent=req.parent, root=req.root or folder.id, stage=req.stage,
+            files=run_files, continue_=req.continued, batch=req.batch)
         folder.write_record(record)
         path = folder.commit()
     except BaseException as exc:
@@ -247,4 +222,4 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
     return RunOutcome(folder.id, path, status, result.steps_done, result.global_step, record)
 
 
-__all__ = ["Reporter", "RunRequest", "RunOutcome", "execute", "versions", "DETAILS"]
+__all__ = ["Reporter", "RunRequest", "RunOutcome", "execute", "DETAILS"]

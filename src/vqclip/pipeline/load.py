@@ -6,12 +6,14 @@ models loaded once and the prompts embedded."""
 from __future__ import annotations
 
 import contextlib
+import platform
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vqclip import __version__
 from vqclip.config import RunConfig
 from vqclip.errors import VqclipError
 
@@ -33,6 +35,39 @@ class LoadedRun:
     image_prompts: list[tuple[tuple[Any, bytes, str], Any]]  # ((image, bytes, suffix), spec)
     start_image: Any
     load_s: float
+    config: RunConfig  # as loaded (an animation's: its first story stage)
+
+    def record(self, run_id: str, created: str, *, losses: list[float], step_seconds: list[float], run_s: float,
+               t_start: float, **fields: Any) -> Any:
+        """details.json of a run made with what was loaded here: the seed, size, device, precision, memory plan,
+        weights, CLIP and versions from this load, the timings from the steps; `fields` add the run's own."""
+        from vqclip.record import Clip, RunRecord, Timings, Weights, now_iso
+
+        timed = step_seconds[1:] or step_seconds  # the first step warms up
+        return RunRecord(
+            id=run_id, created=created, finished=now_iso(), seed=self.seed, size=(self.width, self.height),
+            losses=[round(x, 6) for x in losses],  # not finite (an overflow): recorded as null
+            timings=Timings(load_s=round(self.load_s, 3), run_s=round(run_s, 3),
+                            total_s=round(time.perf_counter() - t_start, 3),
+                            per_step_s=round(sorted(timed)[len(timed) // 2], 4) if timed else None),
+            device=str(self.device), precision=self.precision.describe(), low_memory=self.plan.low_memory,
+            memory_estimate_mb=round(self.plan.estimate.total / 2**20), versions=versions(),
+            weights=Weights(name=self.files.name, sha256=self.files.sha256, source=self.files.source,
+                            path=str(self.files.ckpt_path)),
+            clip=Clip(model=self.models.clip.name, pretrained=self.config.clip_pretrained), **fields)
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    try:
+        import open_clip
+
+        oc = getattr(open_clip, "__version__", "unknown")
+    except ImportError:  # pragma: no cover
+        oc = "missing"
+    return {"vqclip": __version__, "torch": torch.__version__, "open_clip": oc,
+            "python": platform.python_version()}
 
 
 def load_run(cfg: RunConfig, *, weights_dir: Path | None, download: bool, trusted: list[Path], reporter: Any,
@@ -97,4 +132,4 @@ def load_run(cfg: RunConfig, *, weights_dir: Path | None, download: bool, truste
         oom.free_after_oom(exc, None, device)
         raise VqclipError(oom.load_oom_message(device, cfg, plan)) from None
     return LoadedRun(seed, files, spec, width, height, device, precision, plan, settings, models, prompts, init,
-                     image_prompts, start, time.perf_counter() - t_load)
+                     image_prompts, start, time.perf_counter() - t_load, cfg)

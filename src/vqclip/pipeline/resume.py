@@ -286,12 +286,13 @@ def continue_request(plan: Plan, *, output_dir: Path, weights_dir: Path | None =
                       root=plan.parent.root, stage=plan.parent.stage + 1,
                       state=plan.state if plan.start == "state" else None, start_image=start_image,
                       continued=continued, prepare_state=make_prepare(plan, rep),
-                      inherit_precision=_recorded_precision(plan.parent))
+                      inherit_precision=recorded_precision(plan.parent.record))
 
 
-def _recorded_precision(parent: RunInfo) -> tuple[str, str] | None:
-    """(device type, precision) as the parent's details.json recorded them, when it did."""
-    device, precision = parent.record.device, parent.record.precision
+def recorded_precision(record: Any) -> tuple[str, str] | None:
+    """(device type, precision) as a run's details.json recorded them, when it did: a run that continues it on
+    the same kind of device computes in the same dtypes."""
+    device, precision = record.device, record.precision
     if device and precision is not None:
         return device.split(":")[0], precision
     return None

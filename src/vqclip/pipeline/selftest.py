@@ -32,7 +32,8 @@ def run_selftest(keep: Path | None = None, steps: int = 6, device: str = "auto")
     from PIL import Image
 
     from vqclip.config import build_config
-    from vqclip.pipeline.execute import Reporter, RunRequest, execute, versions
+    from vqclip.pipeline.execute import Reporter, RunRequest, execute
+    from vqclip.pipeline.load import versions
     from vqclip.state import load_state
     from vqclip.testing import make_tiny_clip, make_tiny_vqgan
 
