@@ -3,6 +3,11 @@
 A schedule gives one value per frame: keyframes are linearly interpolated between, the first value holds
 before the first key and the last value after the last key (the Disco/Deforum string form, so schedules
 written for those tools work here). Pure: no torch, no I/O.
+
+Every value is finite and, unless it is 0, between 1e-9 and 1e9 in size (`LIMIT`): the warp divides by the zoom
+and samples in float32, where a zoom of 1e-300 (or 1e300, or a shift of 1e308 pixels) overflows or underflows
+to a frame of nothing. Values between keys stay between the keys' values (no rounding past either end), so a
+schedule whose keys are in range is in range at every frame.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 MAX_FRAME = 10_000_000
+LIMIT = 1e9  # largest size of a value; 1 / LIMIT is the smallest other than 0
 _KEY = re.compile(r"^\s*([^:]*?)\s*:\s*(?:\((.*)\)|([^()]*))\s*$", re.S)  # F:(V), or F:V
 
 
@@ -32,7 +38,8 @@ class Schedule:
             return keys[0][1]
         for (f0, v0), (f1, v1) in zip(keys, keys[1:]):
             if frame <= f1:
-                return v0 + (v1 - v0) * (frame - f0) / (f1 - f0)
+                value = v0 + (v1 - v0) * (frame - f0) / (f1 - f0)
+                return min(max(value, min(v0, v1)), max(v0, v1))  # 1 + (1e-9 - 1) is not 1e-9 in floats
         return keys[-1][1]
 
     def values(self, start: int, count: int) -> list[float]:
@@ -50,6 +57,11 @@ def _number(text: str, where: str) -> float:
         raise ScheduleError(f"{where}: {text.strip()!r} is not a number") from None
     if not math.isfinite(value):
         raise ScheduleError(f"{where}: {text.strip()!r} is not a finite number")
+    if abs(value) > LIMIT:
+        raise ScheduleError(f"{where}: {text.strip()} is too large; values lie between {-LIMIT:g} and {LIMIT:g}")
+    if value != 0 and abs(value) < 1 / LIMIT:
+        raise ScheduleError(f"{where}: {text.strip()} is too close to 0 (it underflows); the smallest size other "
+                            f"than 0 is {1 / LIMIT:g}")
     return value
 
 
