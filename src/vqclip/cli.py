@@ -60,6 +60,7 @@ def build_app() -> Any:
     from vqclip.commands.batch import batch
     from vqclip.commands.generate import generate
     from vqclip.commands.selftest import selftest
+    from vqclip.commands.serve import serve  # light: starlette and uvicorn load when it runs
 
     app = typer.Typer(help="VQGAN-CLIP art from the command line.", context_settings=CONTEXT, no_args_is_help=True,
                       add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
@@ -79,7 +80,8 @@ def build_app() -> Any:
     app.command("continue", context_settings=CONTEXT)(continue_run)
     app.command(context_settings=CONTEXT)(animate)
     app.command(context_settings=CONTEXT)(batch)
-    app.command(context_settings=CONTEXT)(selftest)  # then weights, runs and gallery (LAZY_GROUPS)
+    app.command(context_settings=CONTEXT)(selftest)
+    app.command(context_settings=CONTEXT)(serve)  # then weights, runs and gallery (LAZY_GROUPS)
     return app
 
 
