@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from vqclip import __version__
-from vqclip.errors import Terminated
+from vqclip.errors import Terminated, shorten
 
 
 # Command groups imported only when one of them runs: `vqclip --help` lists them from these lines, so it does not
@@ -146,8 +146,7 @@ def _usage_line(exc: Any) -> None:
         text = f"{text.rstrip('.')}; give a number from {lo} to {hi}"
     elif lo is not None:
         text = f"{text.rstrip('.')}; give a number {lo} or more"
-    if len(text) > 300:
-        text = text[:299] + "…"
+    text = shorten(text, 300)
     path = getattr(getattr(exc, "ctx", None), "command_path", None)
     fail(f"{text} (see `{path} -h`)" if path else text, exc.exit_code)
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vqclip.errors import VqclipError, interruption
+from vqclip.errors import VqclipError, interruption, shorten
 from vqclip.engine import decoder as lean
 from vqclip.engine.ops import replace_grad, store_frozen_weights
 
@@ -188,7 +188,7 @@ def build_vqgan(spec: VQGANSpec, state: dict[str, torch.Tensor], with_encoder: b
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         detail = next((ln.strip() for ln in first if "size mismatch" in ln), first[0] if first else "")
-        raise VqclipError(f"{source} does not match its .yaml ({detail[:160]}); "
+        raise VqclipError(f"{source} does not match its .yaml ({shorten(detail, 160)}); "
                           "use the .yaml that came with this checkpoint") from None
     if missing:
         raise VqclipError(f"{source} lacks {len(missing)} tensors the .yaml needs (first: {missing[0]}); "
