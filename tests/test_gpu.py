@@ -1,6 +1,6 @@
 """GPU readiness on CUDA: a tiny-model run at every precision, continuing a run across devices, a `failed` run
 folder after an out-of-memory error mid-run, and the memory estimate against the allocator's measured peak (the
-real architectures at random weights, through `scripts/bench.py`'s worker).
+real architectures at random weights, through the bench worker, `vqclip.bench.worker`).
 
 Marked `gpu`, so off by default: `pytest -m gpu` runs them (`scripts/gpu_check.py` does, on a GPU machine). They are
 collected everywhere and skip inside, through the `cuda` fixture, when torch sees no CUDA device.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -27,7 +26,6 @@ from vqclip.pipeline.execute import Reporter
 
 pytestmark = pytest.mark.gpu
 runner = CliRunner()
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 @pytest.fixture(autouse=True)
@@ -183,10 +181,9 @@ def test_out_of_memory_mid_run_leaves_a_failed_run_folder(tiny_models, tmp_path)
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("vqclip_bench_script", SCRIPTS / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    from vqclip.bench import engine
+
+    return engine
 
 
 @pytest.mark.parametrize("precision", ["fp32", "auto"])

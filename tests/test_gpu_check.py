@@ -1,9 +1,9 @@
-"""`scripts/gpu_check.py` on the CPU: the one-line refusal without CUDA, and its pure helpers on fake inputs
-(bisection with a fake `fits`, pytest's summary line, profiler event names, the table and the JSON)."""
+"""`scripts/gpu_check.py` on the CPU: the one-line refusal without CUDA, and its pure helpers (`vqclip.bench.gpu`)
+on fake inputs (bisection with a fake `fits`, pytest's summary line, profiler event names, the table and the
+JSON)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,10 +17,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 
 @pytest.fixture(scope="module")
 def gc():
-    spec = importlib.util.spec_from_file_location("gpu_check_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    from vqclip.bench import gpu
+
+    return gpu
 
 
 def test_without_cuda_it_exits_1_with_one_line():

@@ -283,13 +283,11 @@ def test_real_architectures_lean_paths_match():
 @pytest.mark.slow
 def test_estimate_predicts_measured_peak(tmp_path):
     """One bench worker at 128²/cutn 16 (real architectures, random weights): estimate within 20% of peak RSS."""
-    import subprocess
-    import sys
+    import argparse
 
-    root = Path(__file__).resolve().parents[1]
-    p = subprocess.run([sys.executable, str(root / "scripts" / "bench.py"), "_worker", "--mode", "ours", "--size",
-                        "128", "--cutn", "16", "--steps", "1", "--warmup", "1", "--device", "cpu"],
-                       capture_output=True, text=True, check=True)
-    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("BENCH-JSON "))
-    r = json.loads(line[len("BENCH-JSON "):])
+    from vqclip.bench.engine import run_one
+
+    args = argparse.Namespace(steps=1, warmup=1, device="cpu", threads=2, weights=str(tmp_path / "weights"))
+    r = run_one("ours", 128, 16, args)
+    assert "error" not in r, r
     assert abs(r["estimate_mb"] - r["peak_rss_mb"]) / r["peak_rss_mb"] < 0.2, r

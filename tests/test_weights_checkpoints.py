@@ -169,13 +169,8 @@ def test_is_trusted_compares_files(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_benchmark_cache_runs(tmp_path: Path) -> None:
-    """The benchmark lives in scripts/bench.py (`bench.py cache`), not in the library."""
-    import importlib.util
+    """The benchmark lives in vqclip.bench.cache (`scripts/bench.py cache`), not in the library."""
+    from vqclip.bench.cache import benchmark_cache
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
-    spec = importlib.util.spec_from_file_location("vqclip_bench_script", script)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    out = bench.benchmark_cache(tmp_path, repeats=1)
+    out = benchmark_cache(tmp_path, repeats=1)
     assert out["ckpt_mb"] > 800 and out["cached_s"] < out["pickle_s"]

@@ -1,5 +1,6 @@
 """The classic VQGAN-CLIP step, as the original notebook (Katherine Crowson, 2021) and its common descendants
-(nerdyrodent/VQGAN-CLIP `generate.py`) run it: the baseline `scripts/bench.py` measures vqclip against.
+(nerdyrodent/VQGAN-CLIP `generate.py`) run it: the baseline that `scripts/bench.py engine` measures vqclip
+against (its `classic` mode, `vqclip.bench.worker`).
 
 Mirrored on purpose:
 - fp32 everywhere (on the CPU `clip.load` returns an fp32 model; the notebook never uses autocast);
