@@ -102,7 +102,8 @@ def test_stop_between_frames_then_finish(one_go, tmp_path):
     makes the rest, and the frames are those of one uninterrupted run."""
     from vqclip.animation import Animation
     from vqclip.config import build_config
-    from vqclip.pipeline.animate import AnimateRequest, animate
+    from vqclip.pipeline.animate import animate
+    from vqclip.pipeline.request import Inputs
 
     t = one_go["t"]
     cfg = build_config(None, {"prompt": "a forest", "model": str(t["vqgan_yaml"]),
@@ -118,8 +119,7 @@ def test_stop_between_frames_then_finish(one_go, tmp_path):
         return len(calls) >= 2
 
     out = tmp_path / "output"
-    outcome = animate(AnimateRequest(config=cfg, animation=anim, output_dir=out, download=False,
-                                     should_stop=stop_after_two_frames))
+    outcome = animate(cfg, anim, output_dir=out, inputs=Inputs(download=False), should_stop=stop_after_two_frames)
     assert outcome.status == "interrupted"
     assert outcome.record.animation["frames_done"] == 2 and len(frame_bytes(outcome.path)) == 2
     r = invoke("continue", str(outcome.path))

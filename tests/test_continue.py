@@ -14,10 +14,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vqclip.commands import progress as cli_progress
-from vqclip.pipeline.resume import fit_grid, grid_change
-from clihelp import details, invoke, made
+from vqclip.engines.vqgan_start import fit_grid, grid_change
+from clihelp import Frames, details, invoke, made
 from vqclip.errors import UsageError
-from vqclip.record import read_record
+from vqclip.runfolder.record import read_record
 from vqclip.runs import RunInfo, find_run
 
 runner = CliRunner()
@@ -57,22 +57,6 @@ def test_generate_then_continue_gives_the_same_bytes_as_one_run(base):
     assert details(base["full"])["losses"][2:] == d["losses"]
     state = torch.load(child / "state.pt", map_location="cpu", weights_only=True)
     assert state["step"] == 4
-
-
-class Frames(cli_progress.RichReporter):
-    """Collects frames and notes as the pipeline reports them."""
-
-    def __init__(self) -> None:
-        super().__init__(quiet=True)
-        self.frames: list = []
-        self.notes: list[str] = []
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
-
-    def step(self, info) -> None:
-        if info.frame is not None:
-            self.frames.append(info.frame)
 
 
 def test_interrupted_parent_finishes_exactly_and_the_video_continues(base):
@@ -121,13 +105,14 @@ def test_fit_grid_centres_the_old_grid():
 def test_new_size_crops_and_pads_tokens_from_the_seed(base):
     """The prepare hook: old tokens centred, new border = the seed's random start, optimizer dropped."""
     from vqclip import engine
-    from vqclip.pipeline.resume import make_prepare, plan_continue
+    from vqclip.engines.vqgan_start import start_state
+    from vqclip.pipeline.resume import plan_continue
     from vqclip.pipeline.execute import Reporter
     from vqclip.pipeline.settings import settings_from_config
 
     t, parent = base["t"], find_run(str(base["parent"]), base["out"])
     plan = plan_continue(parent, {"width": 40, "height": 24})
-    state = plan.state
+    state = plan.resume.state
     assert state["optimizer_state"] is not None
     models = engine.load_models(t["vqgan_yaml"], t["vqgan_ckpt"], str(t["clip_json"]), str(t["clip_ckpt"]),
                                 torch.device("cpu"))
@@ -135,7 +120,7 @@ def test_new_size_crops_and_pads_tokens_from_the_seed(base):
     notes = []
     rep = Reporter()
     rep.note = notes.append  # type: ignore[method-assign]
-    new = make_prepare(plan, rep)(models, settings, state, None)
+    new = start_state(plan.resume, models, settings, rep.note)
     assert new["z"].shape[-2:] == (12, 20) and new["z_anchor"].shape[-2:] == (12, 20)
     assert torch.equal(new["z"][..., :, 2:18], state["z"][..., 2:14, :])
     seeded = models.vqgan.random_latent(20, 12, torch.Generator().manual_seed(11))

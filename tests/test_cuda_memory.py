@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import weakref
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,15 +15,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from vqclip.pipeline.request import Inputs
 from vqclip import engine
+from vqclip.engine import device as devices
 from vqclip.pipeline import budget, memory, execute as pipeline
 from vqclip.pipeline import oom as oom_handling
 from vqclip.cli import app
 from vqclip.config import build_config
 from vqclip.engine import loop
 from vqclip.errors import VqclipError
+from clihelp import tiny_args as _tiny_args
 
 runner = CliRunner()
+tiny_args = partial(_tiny_args, cutn=2, steps=2, save_every=0, seed=5, quiet=True)
 GiB = 2**30
 OOM_TEXT = "CUDA out of memory. Tried to allocate 20.00 GiB"
 CUDA_IS_AVAILABLE = torch.cuda.is_available  # the real one, before any test mocks it
@@ -38,12 +43,6 @@ def tiny_config(t: dict, **extra: object):
               "clip_pretrained": str(t["clip_ckpt"]), "size": "32x32", "cutn": 2, "steps": 4, "save_every": 0,
               "seed": 5, **extra}
     return build_config(None, values)
-
-
-def tiny_args(t: dict, out: Path, *extra: str) -> list[str]:
-    return ["--model", str(t["vqgan_yaml"]), "--clip-model", str(t["clip_json"]), "--clip-pretrained",
-            str(t["clip_ckpt"]), "--size", "32x32", "--cutn", "2", "--steps", "2", "--save-every", "0",
-            "--seed", "5", "--output-dir", str(out), "-q", *extra]
 
 
 def run_folders(out: Path) -> list[Path]:
@@ -168,7 +167,7 @@ def released(monkeypatch) -> list:
 def test_device_cache_is_released_after_a_run_and_after_a_failed_one(tiny_models, tmp_path, released,
                                                                      monkeypatch):
     outcome = pipeline.execute(pipeline.RunRequest(config=tiny_config(tiny_models, steps=1),
-                                                   output_dir=tmp_path / "out", download=False))
+                                                   output_dir=tmp_path / "out", inputs=Inputs(download=False)))
     assert outcome.status == "finished"
     assert released == ["cpu"]
 
@@ -178,7 +177,7 @@ def test_device_cache_is_released_after_a_run_and_after_a_failed_one(tiny_models
     monkeypatch.setattr(engine, "load_models", broken)
     with pytest.raises(VqclipError, match="unreadable"):
         pipeline.execute(pipeline.RunRequest(config=tiny_config(tiny_models, steps=1),
-                                             output_dir=tmp_path / "out", download=False))
+                                             output_dir=tmp_path / "out", inputs=Inputs(download=False)))
     assert released == ["cpu", "cpu"]
 
 
@@ -233,7 +232,7 @@ def test_oom_mid_step_frees_the_step_and_saves_a_failed_run(tiny_models, tmp_pat
     out = tmp_path / "out"
     cfg = tiny_config(tiny_models, low_memory=low_memory, cutn=6)
     with pytest.raises(VqclipError) as info:
-        pipeline.execute(pipeline.RunRequest(config=cfg, output_dir=out, download=False))
+        pipeline.execute(pipeline.RunRequest(config=cfg, output_dir=out, inputs=Inputs(download=False)))
     msg = info.value.message
     assert checked == [(True, True)]  # the step's tensors and the gradient were gone before the salvage
     assert "\n" not in msg
@@ -262,7 +261,7 @@ def test_a_failed_oom_run_continues(tiny_models, tmp_path, monkeypatch):
     monkeypatch.setattr(loop.Session, "_backward", backward)
     out = tmp_path / "out"
     with pytest.raises(VqclipError):
-        pipeline.execute(pipeline.RunRequest(config=tiny_config(tiny_models), output_dir=out, download=False))
+        pipeline.execute(pipeline.RunRequest(config=tiny_config(tiny_models), output_dir=out, inputs=Inputs(download=False)))
     monkeypatch.setattr(loop.Session, "_backward", real_backward)
     [run] = run_folders(out)
     r = runner.invoke(app, ["continue", run.name, "--steps", "1", "--output-dir", str(out), "-q"])
@@ -328,8 +327,8 @@ def old_gpu(monkeypatch):
         probes.append(device)
         raise RuntimeError(NO_KERNEL)
 
-    monkeypatch.setattr(engine, "_PROBED", {})
-    monkeypatch.setattr(engine, "_probe_op", probe)
+    monkeypatch.setattr(devices, "_PROBED", {})
+    monkeypatch.setattr(devices, "_probe_op", probe)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (3, 5))
@@ -339,13 +338,13 @@ def old_gpu(monkeypatch):
 
 
 def test_probe_runs_a_tiny_op_and_is_cached(monkeypatch):
-    monkeypatch.setattr(engine, "_PROBED", {})
-    assert engine._probe_op(torch.device("cpu")) == 8.0
-    assert engine.probe_device(torch.device("cpu")) is None
+    monkeypatch.setattr(devices, "_PROBED", {})
+    assert devices._probe_op(torch.device("cpu")) == 8.0
+    assert devices.probe_device(torch.device("cpu")) is None
     calls = []
-    monkeypatch.setattr(engine, "_probe_op", lambda d: (calls.append(d), 8.0)[1])
-    assert engine.probe_device(torch.device("cuda")) is None
-    assert engine.probe_device(torch.device("cuda")) is None
+    monkeypatch.setattr(devices, "_probe_op", lambda d: (calls.append(d), 8.0)[1])
+    assert devices.probe_device(torch.device("cuda")) is None
+    assert devices.probe_device(torch.device("cuda")) is None
     assert calls == [torch.device("cuda")]  # once per device
 
 
@@ -362,8 +361,8 @@ def test_auto_falls_back_to_the_cpu_with_a_note(old_gpu):
 
 
 def test_auto_uses_a_gpu_that_passes_the_probe(monkeypatch):
-    monkeypatch.setattr(engine, "_PROBED", {})
-    monkeypatch.setattr(engine, "_probe_op", lambda d: 8.0)
+    monkeypatch.setattr(devices, "_PROBED", {})
+    monkeypatch.setattr(devices, "_probe_op", lambda d: 8.0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     notes: list[str] = []
     assert engine.pick_device("auto", on_fallback=notes.append) == torch.device("cuda")
@@ -376,7 +375,7 @@ def test_auto_uses_a_gpu_that_passes_the_probe(monkeypatch):
     ("CUDA error: unknown error", "nvidia-smi"),
 ])
 def test_explicit_cuda_on_an_unusable_gpu_is_one_line(old_gpu, monkeypatch, reason, fix):
-    monkeypatch.setattr(engine, "_probe_op", lambda d: (_ for _ in ()).throw(RuntimeError(reason)))
+    monkeypatch.setattr(devices, "_probe_op", lambda d: (_ for _ in ()).throw(RuntimeError(reason)))
     for name in ("cuda", "cuda:0"):
         with pytest.raises(VqclipError) as info:
             engine.pick_device(name)
@@ -396,7 +395,7 @@ def test_pipeline_notes_the_fallback(tiny_models, tmp_path, old_gpu, released, m
     monkeypatch.setattr(engine, "pick_device", pick)
     rep = Notes()
     outcome = pipeline.execute(pipeline.RunRequest(config=tiny_config(tiny_models, steps=1, device="auto"),
-                                                   output_dir=tmp_path / "out", download=False), rep)
+                                                   output_dir=tmp_path / "out", inputs=Inputs(download=False)), rep)
     assert outcome.details["device"] == "cpu"
     assert any("using the CPU" in n and "compute capability 3.5" in n for n in rep.notes), rep.notes
     assert released == ["cpu"]

@@ -267,7 +267,7 @@ def dead_pid() -> int:
 
 
 def clean_mixed(out: Path, tmp: Path) -> list[str]:
-    from vqclip.tempruns import claim
+    from vqclip.runfolder.temp import claim
 
     write_run(out, 1)
     for i in (5, 6, 7, 8):
@@ -297,9 +297,9 @@ def clean_nothing(out: Path, tmp: Path) -> list[str]:
 
 def generate_leaves_no_owner(out: Path, tmp: Path) -> list[str]:
     """A committed run folder carries no `.owner`; a discarded one leaves nothing (RunFolder in-process)."""
-    from vqclip.record import RunRecord
+    from vqclip.runfolder.record import RunRecord
     from vqclip.runs import RunFolder
-    from vqclip.tempruns import temp_status
+    from vqclip.runfolder.temp import temp_status
 
     rf = RunFolder(out).create()
     assert (rf.path / ".owner").is_file()

@@ -6,13 +6,14 @@ from __future__ import annotations
 import gc
 import json
 import warnings
-from pathlib import Path
+from functools import partial
 
 import psutil
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from vqclip.pipeline.request import Inputs
 from vqclip import engine
 from vqclip.pipeline import budget, memory
 from vqclip.cli import app
@@ -22,14 +23,10 @@ from vqclip.engine import loop
 from vqclip.engine.heap import trim_heap
 from vqclip.engine.precision import choose_precision
 from vqclip.weights.registry import packaged_yaml
+from clihelp import tiny_args as _tiny_args
 
 runner = CliRunner()
-
-
-def tiny_args(t: dict, out: Path, *extra: str) -> list[str]:
-    return ["--model", str(t["vqgan_yaml"]), "--clip-model", str(t["clip_json"]),
-            "--clip-pretrained", str(t["clip_ckpt"]), "--cutn", "4", "--steps", "2", "--save-every", "0",
-            "--output-dir", str(out), *extra]
+tiny_args = partial(_tiny_args, size=None, steps=2, save_every=0)
 
 
 def tiny_session(t: dict, **settings: object) -> engine.Session:
@@ -60,7 +57,7 @@ def test_ten_runs_in_one_process_do_not_grow_memory(tiny_models, tmp_path):
     proc = psutil.Process()
     seen: list[tuple[int, float]] = []
     for i in range(10):
-        outcome = execute(RunRequest(config=cfg, output_dir=tmp_path / "out", download=False))
+        outcome = execute(RunRequest(config=cfg, output_dir=tmp_path / "out", inputs=Inputs(download=False)))
         assert outcome.status == "finished"
         del outcome
         trim_heap()
@@ -165,7 +162,9 @@ def test_bf16_stored_weights_stay_close(tiny_models):
 
 def test_compile_works_or_falls_back_cleanly(tiny_models, monkeypatch):
     eager = tiny_session(tiny_models).run(2).losses
-    monkeypatch.setattr(loop, "COMPILE_BACKEND", "aot_eager")
+    from vqclip.engine import compile as compiling
+
+    monkeypatch.setattr(compiling, "COMPILE_BACKEND", "aot_eager")
     s = tiny_session(tiny_models, compile=True)
     got = s.run(2).losses
     assert got == pytest.approx(eager, rel=1e-4)

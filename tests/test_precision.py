@@ -50,7 +50,7 @@ def test_cuda_auto_asks_the_device_actually_used(cuda_caps):
 @pytest.mark.parametrize("native, amx, want", [
     (False, False, (None, None)),
     (False, True, (None, None)),   # AMX flag without oneDNN bf16 support: still emulated
-    (True, False, (None, BF16)),   # AVX512-BF16: bf16 matmuls pay, bf16 convs barely
+    (True, False, (BF16, BF16)),   # AVX512-BF16: bf16 everywhere (-23% RSS, same speed as an fp32 decoder)
     (True, True, (BF16, BF16)),    # AMX
 ])
 def test_cpu_auto_is_a_function_of_the_features(monkeypatch, native, amx, want):

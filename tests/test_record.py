@@ -1,4 +1,4 @@
-"""The run record (details.json as one typed model, `vqclip.record`) and the state file (`vqclip.state`): round
+"""The run record (details.json as one typed model, `vqclip.runfolder.record`) and the state file (`vqclip.runfolder.state`): round
 trip, unknown keys, one-line refusals naming the file, non-finite results kept as null, a damaged or hostile
 state.pt, and a full disk mid-write (nothing half-written left)."""
 
@@ -17,18 +17,12 @@ from typing import Any, Callable
 import pytest
 from typer.testing import CliRunner
 
-from vqclip.cli import app
 from vqclip.errors import one_line
 from vqclip.gallery.synthetic import details, run_id
-from vqclip.record import BadRun, Continued, RunRecord, parse_record, read_record, tolerant_record, write_record
+from vqclip.runfolder.record import BadRun, Continued, RunRecord, parse_record, read_record, tolerant_record, write_record
+from clihelp import invoke, made
 
 runner = CliRunner()
-
-
-def invoke(*args: str) -> Any:
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def write_run(out: Path, i: int, **overrides: Any) -> Path:
@@ -156,7 +150,7 @@ def test_one_line_cuts_at_a_word_boundary() -> None:
 
 
 def test_record_runs_and_state_modules_import_no_torch() -> None:
-    code = ("import sys, vqclip.record, vqclip.runs, vqclip.tempruns, vqclip.state, vqclip.gallery.model; "
+    code = ("import sys, vqclip.runfolder.record, vqclip.runs, vqclip.runfolder.temp, vqclip.runfolder.state, vqclip.gallery.model; "
             "print('torch' in sys.modules)")
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0, probe.stderr
@@ -170,10 +164,6 @@ def tiny(t: dict, out: Path, *extra: str) -> list[str]:
     return ["--model", str(t["vqgan_yaml"]), "--clip-model", str(t["clip_json"]), "--clip-pretrained",
             str(t["clip_ckpt"]), "--size", "32x32", "--cutn", "2", "--save-every", "1", "--seed", "11",
             "--output-dir", str(out), *extra]
-
-
-def made(result: Any) -> Path:
-    return Path(result.stdout.strip().splitlines()[-1]).parent
 
 
 def test_an_overflowing_prompt_weight_keeps_the_run_with_null_losses(tiny_models: dict, tmp_path: Path) -> None:

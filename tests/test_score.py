@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,18 +17,14 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from vqclip.cli import app
 from vqclip.engine.losses import Prompt
 from vqclip.pipeline.score import run_score, score_image, score_text, summary
-from vqclip.record import RunRecord, Score, tolerant_record
+from vqclip.runfolder.record import RunRecord, Score, tolerant_record
+from clihelp import invoke
+from clihelp import tiny_args as _tiny_args
 
 runner = CliRunner()
-
-
-def invoke(*args: str, **kw):
-    result = runner.invoke(app, list(args), **kw)
-    assert "Traceback" not in result.output, result.output
-    return result
+tiny_args = partial(_tiny_args, steps=3, save_every=0, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -169,12 +166,6 @@ def test_record_score_section():
 
 
 # --- end to end -------------------------------------------------------------------------------------------
-
-
-def tiny_args(t: dict, out: Path, *extra: str) -> list[str]:
-    return ["--model", str(t["vqgan_yaml"]), "--clip-model", str(t["clip_json"]),
-            "--clip-pretrained", str(t["clip_ckpt"]), "--size", "32x32", "--cutn", "4", "--steps", "3",
-            "--save-every", "0", "--seed", "3", "--output-dir", str(out), *extra]
 
 
 def test_generate_records_the_score_in_details_and_png(tiny_models, tmp_path):

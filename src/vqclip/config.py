@@ -36,7 +36,7 @@ from vqclip.prompts import (
 __all__ = ["RunConfig", "default_values", "layered_values", "load_config_file", "build_config", "validation_lines",
            "field_help", "describe"]
 
-_DEVICE = re.compile(r"auto|cpu|cuda(?::[0-9]+)?|mps", re.ASCII)
+DEVICE = re.compile(r"cpu|cuda(?::[0-9]+)?|mps", re.ASCII)  # a device by name (`auto` aside): the one pattern
 _SIZE_KEYS = ("width", "height")
 
 
@@ -79,6 +79,7 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
 
+    engine: str = Field("vqgan", min_length=1, description=HELP["engine"])
     prompt: str = Field("", description=HELP["prompt"])
     image_prompts: list[ImagePromptStr] = Field(
         default_factory=list, description=HELP["image_prompts"]
@@ -147,13 +148,22 @@ class RunConfig(BaseModel):
             parse_text_prompts(value)
         return value
 
+    @field_validator("engine")
+    @classmethod
+    def _check_engine(cls, value: str) -> str:
+        from vqclip.engines import ENGINES  # the registry alone: no engine module is imported
+
+        if value not in ENGINES:
+            raise ValueError(f"unknown engine {value!r}; use one of: {', '.join(sorted(ENGINES))}")
+        return value
+
     @field_validator("device", mode="before")
     @classmethod
     def _check_device(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
         normal = value.strip().lower()
-        if not _DEVICE.fullmatch(normal):
+        if normal != "auto" and not DEVICE.fullmatch(normal):
             raise ValueError(f"{value!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
         return normal
 
@@ -217,8 +227,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         problem = f"cannot be read ({type(exc).__name__}); check it is a UTF-8 text file"
         raise VqclipError(f"config file {path}: {problem}") from None
+    from vqclip import strict_yaml
+
     try:
-        data = yaml.safe_load(text)
+        data = strict_yaml.load(text)  # a key given twice is an error, never the last one silently
+    except strict_yaml.DuplicateKeyError as exc:
+        raise VqclipError(f"config file {path}: {exc.problem}; keep one of them") from None
     except yaml.YAMLError as exc:
         hint = "quote values that contain ': '" if "mapping values" in str(exc) else "fix the YAML"
         raise VqclipError(f"config file {path}: {_yaml_problem(exc)}; {hint}") from None

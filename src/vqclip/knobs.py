@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = ["HELP", "field_help"]
 
 HELP: dict[str, str] = {
+    "engine": "Engine that makes the picture: vqgan (VQGAN-CLIP) or animation (`vqclip animate`).",
     "prompt": 'Text prompts, "text[:weight[:stop]] | …"; negative weights push away.',
     "image_prompts": 'Image prompts, each "PATH[:weight[:stop]]" (a file or URL).',
     "noise_prompts": 'Noise prompts, each "SEED[:weight]": a seeded random CLIP target.',

@@ -1,10 +1,8 @@
 """Run folders, the unit of record: what a run made and all it takes to repeat it sit in one folder, so a run
 can be copied, shared or deleted whole (as nanoGPT keeps the config beside every checkpoint).
 
-`output/<YYYYmmddTHHMMSS>-<8 url-safe chars>/` holds output.png, anim.mp4, details.json (the run record,
-`vqclip.record`), state.pt (`vqclip.state`) and copies of input images. A run is assembled in a hidden
-`.tmp-<id>` folder (`vqclip.tempruns`) and renamed into place at the end, so a crash or a full disk never leaves a
-half-written run folder; every file inside is itself written to a temporary name and renamed.
+What a run folder holds, and the names of its files, is `vqclip.runfolder` (names, record, state, the folder
+being written); this module finds and reads runs back: by id or prefix, all of them, their lineage.
 
 Reading is defensive: a run folder, details.json or output.png that is a symlink is never followed (it could
 lead out of the run or the output folder), and a FIFO or folder where a file belongs is named as such.
@@ -13,49 +11,18 @@ Imports nothing heavy (the gallery and `runs list` must not import torch).
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import secrets
-import shutil
-import string
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from vqclip import files
 from vqclip.errors import VqclipError
 from vqclip.files import is_plain_file, path_problem
-from vqclip.record import (DETAILS, IMAGE, SCHEMA, STATE, VIDEO, BadRun, RunRecord, parse_record, read_details,
-                           tolerant_record, write_record)
-from vqclip.tempruns import OWNER, TMP_PREFIX, claim
-
-_ALPHABET = string.ascii_letters + string.digits + "-_"
-RUN_ID_RE = re.compile(r"^\d{8}T\d{6}-[A-Za-z0-9_-]{8}$")
-
-
-_last_id_time: datetime | None = None  # the newest id this process made
-
-
-def new_run_id(now: datetime | None = None) -> str:
-    """`20261125T101500-042k3J9a`: the time to the millisecond (the suffix's three digits), then 30 random bits.
-    Names sort in creation order, also for the stages of a chain made within one second: a process never hands
-    out the same or an earlier millisecond twice."""
-    global _last_id_time
-    if now is None:
-        now = datetime.now()
-        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
-        if _last_id_time is not None and now <= _last_id_time:
-            now = _last_id_time + timedelta(milliseconds=1)
-        _last_id_time = now
-    ms = f"{now.microsecond // 1000:03d}"
-    return now.strftime("%Y%m%dT%H%M%S") + "-" + ms + "".join(secrets.choice(_ALPHABET) for _ in range(5))
-
-
-def is_run_id(text: str) -> bool:
-    return bool(RUN_ID_RE.match(text))
-
+from vqclip.runfolder.folder import RunFolder
+from vqclip.runfolder.guard import refuse_run_path
+from vqclip.runfolder.names import DETAILS, IMAGE, STATE, VIDEO, is_run_id, new_run_id
+from vqclip.runfolder.record import SCHEMA, BadRun, RunRecord, parse_record, read_details, tolerant_record
 
 def check_output_dir(output_dir: str | Path) -> Path:
     """The output folder, or a one-line error when something other than a folder is in its place."""
@@ -63,78 +30,8 @@ def check_output_dir(output_dir: str | Path) -> Path:
     problem = path_problem(out, "folder")
     if problem:
         raise VqclipError(f"output folder {out} {problem}; pass --output-dir a folder")
+    refuse_run_path(out, "--output-dir", "run folders")  # a run is never nested in (or written over) another
     return out
-
-
-class RunFolder:
-    """A run being written: files go to `<output>/.tmp-<id>/`; `commit()` renames it to `<output>/<id>/`."""
-
-    def __init__(self, output_dir: str | Path, run_id: str | None = None) -> None:
-        self.output_dir = Path(output_dir)
-        self.id = run_id or new_run_id()
-        self.final = self.output_dir / self.id
-        self.path = self.output_dir / f"{TMP_PREFIX}{self.id}"
-        self.committed = False
-        self._lock: int | None = None
-
-    def create(self) -> RunFolder:
-        problem = path_problem(self.output_dir, "folder")
-        if problem:
-            raise VqclipError(f"output folder {self.output_dir} {problem}; pass --output-dir a folder")
-        try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.path.mkdir()
-        except OSError as e:
-            raise VqclipError(f"cannot create a run folder in {self.output_dir} ({e.strerror}); "
-                              "pass --output-dir to a writable folder") from None
-        self._lock = claim(self.path)
-        return self
-
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-    def write(self, name: str, data: bytes) -> None:
-        """A file of the run, written whole or not at all."""
-        files.atomic_write_bytes(self.file(name), data)
-
-    def write_record(self, record: RunRecord) -> None:
-        write_record(self.file(DETAILS), record)
-
-    def commit(self) -> Path:
-        """Move the finished folder into place; the id is unique so nothing is ever overwritten."""
-        if self.final.exists():
-            raise VqclipError(f"{self.final} already exists; refusing to overwrite it")
-        (self.path / OWNER).unlink(missing_ok=True)  # the lock stays held (open) until the rename is done
-        os.replace(self.path, self.final)
-        self._release()
-        self.committed = True
-        self.path = self.final
-        return self.final
-
-    def discard(self) -> None:
-        if not self.committed:
-            shutil.rmtree(self.path, ignore_errors=True)
-        self._release()
-
-    def write_failed(self, exc: OSError) -> VqclipError:
-        """The one line for a write that failed (a full disk, a folder made read-only mid-run); the caller has
-        discarded the temporary folder, so nothing half-written is left."""
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        fix = {errno.ENOSPC: "free some disk space and run it again",
-               errno.EDQUOT: "free some disk space (or raise the quota) and run it again",
-               errno.EACCES: f"check the permissions of {self.output_dir}",
-               errno.EPERM: f"check the permissions of {self.output_dir}",
-               errno.EROFS: "choose a writable --output-dir"}.get(exc.errno or 0, "check the folder and run it again")
-        return VqclipError(f"could not write run {self.id} in {self.output_dir}: {reason}; {fix}")
-
-    def _release(self) -> None:
-        fd = getattr(self, "_lock", None)
-        self._lock = None
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 # ---------------------------------------------------------------------------------------------------------

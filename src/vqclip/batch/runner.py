@@ -10,12 +10,11 @@ worker's name or None), `submit(worker, task)`, `poll(timeout)` → events `(kin
 from __future__ import annotations
 
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
 from vqclip.errors import VqclipError, one_line
-from vqclip.pipeline.execute import Reporter
+from vqclip.pipeline.request import Reporter
 
 
 def make_task(batch_id: str, row: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +56,8 @@ def run_task(task: dict[str, Any], cache: Any, device: str | None = None, should
     from pydantic import ValidationError
 
     from vqclip.config import RunConfig
-    from vqclip.pipeline import execute as ex
+    from vqclip.pipeline.execute import execute
+    from vqclip.pipeline.request import Inputs, RunRequest
 
     t0 = time.perf_counter()
     base = {"row": task["row"], "prompt": task.get("prompt", "")}
@@ -66,11 +66,11 @@ def run_task(task: dict[str, Any], cache: Any, device: str | None = None, should
         if device is not None:
             data["device"] = device
         cfg = RunConfig.model_validate(data)
-        outcome = ex.execute(ex.RunRequest(
-            config=cfg, output_dir=Path(task["output_dir"]),
-            weights_dir=Path(task["weights_dir"]) if task.get("weights_dir") else None,
-            download=bool(task.get("download", True)), trusted=[Path(p) for p in task.get("trusted", [])],
-            should_stop=should_stop, batch=task["batch"], models_cache=cache), reporter)
+        inputs = Inputs(weights_dir=Path(task["weights_dir"]) if task.get("weights_dir") else None,
+                        download=bool(task.get("download", True)),
+                        trusted=[Path(p) for p in task.get("trusted", [])])
+        outcome = execute(RunRequest(config=cfg, output_dir=Path(task["output_dir"]), inputs=inputs,
+                                     should_stop=should_stop, batch=task["batch"], models_cache=cache), reporter)
     except (VqclipError, ValidationError, Exception) as e:  # noqa: B014  (KeyboardInterrupt passes)
         message = e.message if isinstance(e, VqclipError) else one_line(e)
         return {**base, "status": "failed", "error": message, "seconds": time.perf_counter() - t0}
@@ -102,19 +102,19 @@ def drive(journal: Any, tasks: dict[int, dict[str, Any]], backend: Any, events: 
     no new row starts, the runs in progress end and are recorded). Returns the journal's counts."""
     ev = events or Events()
     stop = should_stop or (lambda: False)
-    queue = deque(r for r in journal.rows("pending") if r in tasks)
     in_flight: dict[str, int] = {}
     stopping = False
     while True:
         if not stopping and stop():
             stopping = True
             getattr(backend, "stop", lambda: None)()  # worker processes / actors: save the run in progress
-        while queue and not stop():
+        while not stop():  # rows are claimed in the journal one at a time: another process may share the queue
             worker = backend.idle()
             if worker is None:
                 break
-            row = queue.popleft()
-            journal.running(row, worker)
+            row = journal.claim_next(worker)
+            if row is None:
+                break
             in_flight[worker] = row
             backend.submit(worker, tasks[row])
             ev.started(worker, row, tasks[row])
@@ -129,7 +129,6 @@ def drive(journal: Any, tasks: dict[int, dict[str, Any]], backend: Any, events: 
             row = in_flight.pop(worker)
             if kind == "lost":
                 journal.requeue(row, f"worker {worker} lost: {payload}")
-                queue.appendleft(row)
                 ev.lost(worker, row, str(payload))
                 continue
             result = payload
@@ -140,8 +139,6 @@ def drive(journal: Any, tasks: dict[int, dict[str, Any]], backend: Any, events: 
                 journal.requeue(row, f"interrupted (saved as run {result.get('run_id')})")
             else:
                 retry = journal.failed(row, result.get("error") or "failed")
-                if retry:
-                    queue.append(row)
             ev.finished(worker, row, result, retry)
     return journal.counts()
 

@@ -27,7 +27,7 @@ def contact_sheet(runs: list[dict[str, Any]], dest: Path, thumb: int = 160, colu
     from PIL import Image, ImageDraw, ImageFont
 
     from vqclip import files
-    from vqclip.record import IMAGE
+    from vqclip.runfolder.record import IMAGE
 
     images = []
     for run in runs:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from vqclip.batch.journal import BatchFolder, find_batch, unfinished_twin
+from vqclip.batch.folder import BatchFolder, creation_lock, find_batch, twin
 from vqclip.batch.rows import Row, fingerprint
 from vqclip.batch.runner import Events, drive, make_task
 
@@ -26,16 +26,22 @@ class Settings:
     devices: list[str] | None = None  # None: every visible CUDA GPU, else the CPU
     ray: str | None = None  # a Ray address, or "auto"
     ray_workers: int | None = None
+    ray_timeout: float = 30.0  # seconds to join the Ray cluster
 
 
 def open_batch(rows: list[Row], source: str, settings: Settings, new: bool = False) -> tuple[BatchFolder, bool]:
     """(the batch folder, whether it is an earlier unfinished batch of the same rows)."""
     out = Path(settings.output_dir)
     print_ = fingerprint(rows)
-    if not new:
-        twin = unfinished_twin(out, print_)
-        if twin is not None:
-            return twin, True
+    with creation_lock(out):  # two commands started together on the same rows make one batch
+        if not new:
+            earlier = twin(out, print_)
+            if earlier is not None:
+                return earlier, True
+        return _create(out, rows, source, settings, print_), False
+
+
+def _create(out: Path, rows: list[Row], source: str, settings: Settings, print_: str) -> BatchFolder:
     import secrets
 
     for row in rows:  # a seed chosen now and kept in batch.json: a row redone after a crash makes the same image
@@ -43,12 +49,12 @@ def open_batch(rows: list[Row], source: str, settings: Settings, new: bool = Fal
             row.config = row.config.model_copy(update={"seed": secrets.randbelow(2**31)})
     info = {"source": source, "fingerprint": print_, "settings": asdict(settings),
             "rows": [r.to_json() for r in rows]}
-    return BatchFolder.create(out, info), False
+    return BatchFolder.create(out, info)
 
 
 def resume(ref: str, output_dir: Path) -> BatchFolder:
     folder = find_batch(ref, output_dir)
-    folder.info()  # readable, or one line
+    folder.journal  # noqa: B018  batch.json and the journal readable and in step, or one line naming the file
     return folder
 
 
@@ -59,10 +65,11 @@ def settings_of(folder: BatchFolder) -> Settings:
 
 
 def recover(folder: BatchFolder, output_dir: Path, retry_failed: bool = False) -> int:
-    """The journal made consistent with the run folders on disk (after a crash); returns rows found done."""
+    """The journal made consistent with the run folders on disk (after a crash): every run folder of the batch
+    recorded, the claims of dead processes given up; returns rows found done."""
     if retry_failed:
         folder.journal.retry_failed()
-    return folder.journal.recover(folder.runs_found(output_dir))
+    return folder.journal.recover(folder.sync_runs(output_dir))
 
 
 def tasks_of(folder: BatchFolder, settings: Settings) -> dict[int, dict[str, Any]]:
@@ -76,7 +83,7 @@ def make_backend(settings: Settings, should_stop: Any = None, on_step: Any = Non
     if settings.ray is not None:
         from vqclip.batch.ray_backend import RayBackend
 
-        return RayBackend(settings.ray, settings.ray_workers, Path(settings.output_dir))
+        return RayBackend(settings.ray, settings.ray_workers, Path(settings.output_dir), settings.ray_timeout)
     from vqclip.batch.workers import LocalBackend, ProcessBackend, default_devices
 
     devices = settings.devices or default_devices()
@@ -97,16 +104,18 @@ def run(folder: BatchFolder, settings: Settings, events: Events | None = None,
         backend = make_backend(settings, should_stop,
                                lambda worker, step, total: ev.step(worker, -1, step, total))
     try:
-        return drive(folder.journal, tasks, backend, ev, should_stop)
+        counts = drive(folder.journal, tasks, backend, ev, should_stop)
     finally:
         if own:
             backend.close()
+    folder.sync_runs(Path(settings.output_dir))  # an interrupted row's run folder is known to the journal too
+    return counts
 
 
 def ranked(folder: BatchFolder, output_dir: Path) -> list[dict[str, Any]]:
     """The batch's finished runs, best first by CLIP score (`score.summary` in details.json) when the runs have
     one, else in row order: row, run id, path, prompt, seed, score."""
-    from vqclip.record import read_details
+    from vqclip.runfolder.record import read_details
 
     rows = {r["row"]: r for r in folder.info()["rows"]}
     out = []

@@ -11,13 +11,9 @@ journal's back.
 from __future__ import annotations
 
 import queue as queue_mod
-import re
 from typing import Any
 
 from vqclip.errors import UsageError
-
-_DEVICE = re.compile(r"cpu|cuda(?::[0-9]+)?|mps", re.ASCII)
-
 
 def default_devices() -> list[str]:
     """Every visible CUDA GPU, else the CPU."""
@@ -32,7 +28,9 @@ def parse_devices(text: str | None) -> list[str]:
     if text is None:
         return default_devices()
     devices = [d.strip().lower() for d in text.split(",") if d.strip()]
-    bad = [d for d in devices if not _DEVICE.fullmatch(d)]
+    from vqclip.config import DEVICE
+
+    bad = [d for d in devices if not DEVICE.fullmatch(d)]
     if bad or not devices:
         raise UsageError(f"--devices {text!r}: {bad[0] + ' is not a device' if bad else 'no device'}; "
                          "write e.g. cuda:0,cuda:1 or cpu")

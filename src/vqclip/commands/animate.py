@@ -47,7 +47,6 @@ def animate(
         vqclip animate "a forest ^ a desert at dusk" --frames 120 --steps-per-frame 10 --zoom "0:(1.0), 60:(1.04)" --angle "0:(0), 120:(3)" --translate-y -2 --fps 12 --interpolate 2 --size 384x256 --seed 7
     """
     from vqclip.commands.progress import RichReporter, StopOnInterrupt, report_interrupted, report_outcome
-    from vqclip.pipeline.animate import AnimateRequest
     from vqclip.pipeline.animate import animate as run_animation
 
     cfg, animation = animation_settings(
@@ -59,10 +58,8 @@ def animate(
     import vqclip.engine  # noqa: F401  torch loads here, where a Ctrl-C simply ends the command (see StopOnInterrupt)
 
     with StopOnInterrupt(unit="frame") as stop:
-        outcome = run_animation(AnimateRequest(config=cfg, animation=animation, output_dir=output_dir,
-                                               weights_dir=flags.weights_dir, download=flags.download,
-                                               trusted=flags.trusted, should_stop=stop),
-                                RichReporter(quiet=flags.quiet, label="animating", stop=stop))
+        outcome = run_animation(cfg, animation, output_dir=output_dir, inputs=flags.inputs, should_stop=stop,
+                                reporter=RichReporter(quiet=flags.quiet, label="animating", stop=stop))
     report_outcome(outcome)
     if outcome.status == "interrupted":
         done = (outcome.record.animation or {}).get("frames_done")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
@@ -51,67 +51,38 @@ def continue_run(
         vqclip continue 20261125T1016 --prompt "Backyard in autumn" --size 640x480
     """
     from vqclip.commands.progress import RichReporter, StopOnInterrupt, report_interrupted, report_outcome
-    from vqclip.pipeline.resume import continue_run as run_continue
-    from vqclip.errors import UsageError
-    from vqclip.pipeline.resume import RESIZE_MODES, inherit_config
-    from vqclip.runs import find_run
+    from vqclip.pipeline.resume import continue_request, plan_continue
+    from vqclip.runs import check_output_dir, find_run
 
-    given, config, weights_dir, quiet = flags.overrides(prompt=prompt), flags.config, flags.weights_dir, flags.quiet
-    download, trusted = flags.download, flags.trusted
+    given, inputs, quiet = flags.overrides(prompt=prompt), flags.inputs, flags.quiet
     if resize is not None:
         resize = resize.strip().lower()
     parent = find_run(run, output_dir or Path("output"))
+    if output_dir is not None:
+        check_output_dir(output_dir)  # the new run goes there: never into a run folder
     record = parent.checked()  # a details.json field of the wrong type: one line naming it, before anything else
-    if record.animation is not None:
-        _extend_animation(parent, frames, given, output_dir=output_dir, weights_dir=weights_dir,
-                          download=download, trusted=trusted, quiet=quiet)
-        return
-    if frames is not None:
-        raise UsageError(f"--frames adds frames to an animation, and {parent.id} is not one; use --steps, or make "
-                         "one with `vqclip animate`")
-    if resize is not None and resize not in RESIZE_MODES:
-        raise UsageError(f"--resize {resize!r}: use crop, pad or stretch")
-    inherit_config(parent, given, config)  # a bad flag or --config: one line, before torch loads
-    reporter = RichReporter(quiet=quiet, label="continuing", intro=(
-        f"continuing {parent.id} (stage {parent.stage}, {parent.status}, "
-        f"step {'?' if record.global_step is None else record.global_step})"))
+    animation = record.animation is not None
+    reporter = RichReporter(quiet=quiet, label="animating" if animation else "continuing", intro="" if animation
+                            else (f"continuing {parent.id} (stage {parent.stage}, {parent.status}, "
+                                  f"step {'?' if record.global_step is None else record.global_step})"))
+    # every check that needs no model, before torch loads: a bad flag, --config or saved state is one line
+    plan = plan_continue(parent, given, resize=resize, config_file=flags.config, inputs=inputs, reporter=reporter,
+                         extra={"frames": frames})
     import vqclip.engine  # noqa: F401  torch loads here, where a Ctrl-C simply ends the command (see StopOnInterrupt)
 
-    with StopOnInterrupt() as stop:
+    with StopOnInterrupt(unit="frame" if animation else "step") as stop:
         reporter.attach(stop)
-        outcome = run_continue(parent, given, resize=resize, config_file=config, output_dir=output_dir,
-                               weights_dir=weights_dir, download=download, trusted=trusted, should_stop=stop,
-                               reporter=reporter)
-    report_outcome(outcome)
-    if outcome.status == "interrupted":
-        report_interrupted(stop, "the partial run above was saved; `vqclip continue` picks it up.")
-
-
-ANIMATION_FLAGS = {"device", "precision"}  # what may change when an animation goes on; the rest carries over
-
-
-def _extend_animation(parent: Any, frames: Optional[int], flags: dict[str, Any], *, output_dir: Optional[Path],
-                      weights_dir: Optional[Path], download: bool, trusted: list[Path], quiet: bool) -> None:
-    """`continue ANIMATION [--frames M]`: the next frames, the schedules carried on, a new run folder."""
-    from vqclip.commands.progress import RichReporter, StopOnInterrupt, report_interrupted, report_outcome
-    from vqclip.errors import UsageError
-    from vqclip.pipeline.animate import animate, extension_request
-
-    other = sorted(set(flags) - ANIMATION_FLAGS)
-    if other:
-        names = ", ".join("--" + ("size" if k in ("width", "height") else k.replace("_", "-")) for k in other)
-        raise UsageError(f"{parent.id} is an animation: it goes on with its own settings, so {names} cannot "
-                         "change; pass --frames M (and --device or --precision), or start anew with `vqclip animate`")
-    reporter = RichReporter(quiet=quiet, label="animating")
-    with StopOnInterrupt(unit="frame") as stop:
-        req, notes = extension_request(parent, frames, output_dir=output_dir, weights_dir=weights_dir,
-                                       download=download, trusted=trusted, should_stop=stop,
-                                       device=flags.get("device"), precision=flags.get("precision"))
-        reporter.attach(stop)
-        for note in notes:
+        for note in plan.notes:
             reporter.note(note)
-        outcome = animate(req, reporter)
+        from vqclip.pipeline.execute import execute
+
+        outcome = execute(continue_request(plan, output_dir=output_dir or parent.path.parent, inputs=inputs,
+                                           should_stop=stop), reporter)
     report_outcome(outcome)
-    if outcome.status == "interrupted":
+    if outcome.status != "interrupted":
+        return
+    if animation:
         done = (outcome.record.animation or {}).get("frames_done")
         report_interrupted(stop, f"{done} frames were saved; `vqclip continue {outcome.id}` makes the rest.")
+    else:
+        report_interrupted(stop, "the partial run above was saved; `vqclip continue` picks it up.")

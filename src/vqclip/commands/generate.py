@@ -48,26 +48,24 @@ def generate(
         show_estimate(cfg, weights_dir=flags.weights_dir)
         return
     O.check_inputs(cfg, output_dir)
-    trusted, quiet, weights_dir, no_download = flags.trusted, flags.quiet, flags.weights_dir, not flags.download
+    quiet, inputs = flags.quiet, flags.inputs
     if then or "^" in cfg.prompt:
         if stage_steps is not None and flags.given.get("steps") is None:  # --stage-steps alone sets every stage, the first too
             cfg = cfg.model_copy(update={"steps": stage_steps})
-        _stages(cfg, list(then or []), stage_steps, output_dir=output_dir, weights_dir=weights_dir,
-                download=not no_download, trusted=trusted, quiet=quiet)
+        _stages(cfg, list(then or []), stage_steps, output_dir=output_dir, inputs=inputs, quiet=quiet)
         return
     import vqclip.engine  # noqa: F401  torch loads here, where a Ctrl-C simply ends the command (see StopOnInterrupt)
 
     with StopOnInterrupt() as stop:
-        outcome = execute(RunRequest(config=cfg, output_dir=output_dir, weights_dir=weights_dir,
-                                     download=not no_download, trusted=trusted, should_stop=stop),
+        outcome = execute(RunRequest(config=cfg, output_dir=output_dir, inputs=inputs, should_stop=stop),
                           RichReporter(quiet=quiet, stop=stop))
     report_outcome(outcome)
     if outcome.status == "interrupted":
         report_interrupted(stop, "the partial run above was saved; `vqclip continue` picks it up.")
 
 
-def _stages(cfg: object, then: list[str], stage_steps: Optional[int], *, output_dir: Path,
-            weights_dir: Optional[Path], download: bool, trusted: list[Path], quiet: bool) -> None:
+def _stages(cfg: object, then: list[str], stage_steps: Optional[int], *, output_dir: Path, inputs: object,
+            quiet: bool) -> None:
     """A chain of stages: a header line per stage, the outcome of each, the combined video at the end."""
     from rich.markup import escape
 
@@ -84,8 +82,8 @@ def _stages(cfg: object, then: list[str], stage_steps: Optional[int], *, output_
         return RichReporter(quiet=quiet, label=label, stop=stop)  # until this stage steps, a Ctrl-C ends the chain
 
     with StopOnInterrupt() as stop:
-        result = run_stages(plan, output_dir=output_dir, weights_dir=weights_dir, download=download,
-                            trusted=trusted, should_stop=stop, reporter_for=reporter_for,
+        result = run_stages(plan, output_dir=output_dir, inputs=inputs,  # type: ignore[arg-type]
+                            should_stop=stop, reporter_for=reporter_for,
                             on_outcome=report_outcome)
     if result.video is not None:
         out_console.print(f"Chain video ({len(result.outcomes)} stages): {escape(safe(result.video))}")

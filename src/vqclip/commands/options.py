@@ -106,12 +106,12 @@ class RunFlags:
         return self.given.get("weights_dir")
 
     @property
-    def download(self) -> bool:
-        return not self.given.get("no_download", False)
+    def inputs(self) -> Any:
+        """Where the weights come from (--weights-dir, --no-download, --trust-checkpoint), as one value."""
+        from vqclip.pipeline.request import Inputs
 
-    @property
-    def trusted(self) -> list[Path]:
-        return list(self.given.get("trust_checkpoint") or [])
+        return Inputs(weights_dir=self.weights_dir, download=not self.given.get("no_download", False),
+                      trusted=list(self.given.get("trust_checkpoint") or []))
 
     @property
     def quiet(self) -> bool:

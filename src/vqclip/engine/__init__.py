@@ -12,10 +12,10 @@ from vqclip.engine.cutouts import Cutouts
 from vqclip.engine.losses import Prompt
 from vqclip.engine.loop import LoopSettings, Result, Session, StepInfo
 from vqclip.engine.vqgan import VQGAN, load_vqgan, read_spec
-from vqclip.errors import VqclipError
+from vqclip.engine.device import pick_device, probe_device, resolve_device
 
 __all__ = ["Models", "Result", "Session", "StepInfo", "LoopSettings", "pick_device", "probe_device",
-           "load_models", "build_prompts", "start_session", "read_spec", "image_to_tensor"]
+           "resolve_device", "load_models", "build_prompts", "start_session", "read_spec", "image_to_tensor"]
 
 
 @dataclass
@@ -23,106 +23,6 @@ class Models:
     vqgan: VQGAN
     clip: ClipModel
     device: torch.device
-
-
-_PROBED: dict[str, str | None] = {}  # str(device) -> why a tiny op failed there (None: it ran)
-_NO_KERNELS = ("no kernel image", "is not compatible", "not compatible with the current pytorch",
-               "too old", "invalid device function")
-
-
-def _probe_op(device: torch.device) -> float:
-    return float((torch.ones(4, device=device) * 2).sum().item())
-
-
-def probe_device(device: torch.device) -> str | None:
-    """Whether a tiny op runs on `device` (cached per device): None if it does, else the first line of the error
-    (a GPU the installed torch has no kernels for fails here: "no kernel image is available …")."""
-    device = torch.device(device)
-    if device.type == "cpu":
-        return None
-    key = str(device)
-    if key not in _PROBED:
-        import warnings
-
-        try:
-            with warnings.catch_warnings():  # "sm_35 is not compatible …" is also warned on CUDA's lazy init
-                warnings.simplefilter("ignore")
-                _probe_op(device)
-            _PROBED[key] = None
-        except Exception as e:  # RuntimeError / torch.AcceleratorError, or anything a broken driver raises
-            lines = str(e).strip().splitlines()
-            _PROBED[key] = (lines[0][:200] if lines else type(e).__name__)
-    return _PROBED[key]
-
-
-def _gpu_name(device: torch.device) -> tuple[str, str | None]:
-    """("NVIDIA Tesla K80, compute capability 3.7", "3.7"), as far as torch can tell without running a kernel."""
-    try:
-        major, minor = torch.cuda.get_device_capability(device)
-        cap: str | None = f"{major}.{minor}"
-    except Exception:
-        cap = None
-    try:
-        name = torch.cuda.get_device_name(device)
-    except Exception:
-        name = "the CUDA GPU"
-    return (f"{name}, compute capability {cap}" if cap else name), cap
-
-
-def _unusable_gpu(device: torch.device, reason: str) -> str:
-    """The fix for a CUDA device the probe op failed on."""
-    what, cap = _gpu_name(device)
-    if any(k in reason.lower() for k in _NO_KERNELS):
-        build = torch.__version__
-        fix = (f"install a torch build with kernels for {f'compute capability {cap}' if cap else 'this card'} "
-               f"(this one, {build}, has none), or use --device cpu")
-        return f"{what} cannot run this torch build ({reason}); {fix}"
-    return f"a test operation on {what} failed ({reason}); check the driver with nvidia-smi, or use --device cpu"
-
-
-def pick_device(name: str = "auto", *, on_fallback: Callable[[str], None] | None = None) -> torch.device:
-    """`auto` → cuda, then mps, then cpu, skipping a device a tiny op fails on (`probe_device`): `on_fallback`
-    gets a line saying why. An explicit device that is not there or cannot run is a user error."""
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        skipped: list[str] = []
-        if torch.cuda.is_available():
-            cuda = torch.device("cuda")
-            reason = probe_device(cuda)
-            if reason is None:
-                return cuda
-            skipped.append(_unusable_gpu(cuda, reason))
-        mps = getattr(torch.backends, "mps", None)
-        dev = torch.device("cpu")
-        if mps is not None and mps.is_available():
-            reason = probe_device(torch.device("mps"))
-            if reason is None:
-                dev = torch.device("mps")
-            else:
-                skipped.append(f"Apple MPS failed a test operation ({reason})")
-        if skipped and on_fallback is not None:
-            on_fallback(f"--device auto: using the {dev.type.upper()}, since " + "; ".join(skipped))
-        return dev
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise VqclipError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise VqclipError("--device cuda asked but no CUDA GPU is visible to torch; use --device cpu "
-                              "or install a CUDA build of torch")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise VqclipError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
-        reason = probe_device(dev)
-        if reason is not None:
-            raise VqclipError(f"--device {name}: {_unusable_gpu(dev, reason)}")
-    if dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise VqclipError("--device mps asked but Apple MPS is not available; use --device cpu")
-        reason = probe_device(dev)
-        if reason is not None:
-            raise VqclipError(f"--device mps: a test operation failed ({reason}); use --device cpu")
-    return dev
 
 
 def load_models(yaml_path: Any, ckpt_path: Any, clip_model: str, clip_pretrained: str | None,

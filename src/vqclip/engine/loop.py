@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from vqclip.engine.cutouts import Cutouts
+from vqclip.engine.compile import compiled
 from vqclip.engine.heap import trim_heap
 from vqclip.engine.losses import Prompt, init_weight_at, tv_loss
 from vqclip.engine.ops import clamp_with_grad
 from vqclip.errors import one_line
+from vqclip.steps import Result, StepInfo
 
 STATE_VERSION = 1
 OutOfMemory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch.OutOfMemoryError: 2.5+
@@ -64,66 +66,6 @@ class LoopSettings:
     loss_scale: float = 1.0  # constant loss scale for fp16 gradients (Precision.loss_scale)
     low_memory: bool = False  # checkpoint the decoder blocks (recompute in backward)
     clip_chunk: int = 0  # >0: CLIP forward+backward over this many cutouts at a time (low memory; same gradient)
-
-
-@dataclass
-class StepInfo:
-    """Sent to the callback after each optimiser step."""
-
-    step: int  # global steps done after this update
-    index: int  # 1-based step within this session
-    total: int  # steps planned for this session
-    loss: float
-    losses: dict[str, float]
-    seconds: float
-    frame: torch.Tensor | None = None  # [3, H, W] in [0, 1] of the latent *before* this update, when due
-    frame_step: int | None = None
-    skipped: bool = False  # the loss or gradient was not finite: the update was not applied
-
-
-@dataclass
-class Result:
-    image: torch.Tensor  # [3, H, W] in [0, 1], CPU, the final latent decoded
-    steps_done: int
-    global_step: int
-    losses: list[float] = field(default_factory=list)
-    step_seconds: list[float] = field(default_factory=list)
-    stopped: bool = False
-    skipped_steps: list[int] = field(default_factory=list)  # global step numbers whose update was skipped
-
-
-COMPILE_BACKEND = "inductor"  # tests use "aot_eager" (no C++ compiler, seconds instead of minutes)
-
-
-def compiled(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`torch.compile(fn)` that falls back to `fn` for good, recording why in `.error`, if compiling is not
-    available here (no C++ compiler, an old torch, an unsupported op) or the compiled call fails. Compile
-    errors can surface in the backward pass, so the first call of each input shape runs a trial forward and
-    backward of the compiled function inside the fallback before its result is used."""
-    try:
-        fast = torch.compile(fn, backend=COMPILE_BACKEND, dynamic=False)
-    except Exception as e:  # torch.compile itself missing or refusing this platform
-        fast, reason = None, one_line(e)
-    else:
-        reason = None
-    tried: set[tuple[int, ...]] = set()
-
-    def call(x: torch.Tensor) -> torch.Tensor:
-        if call.fast is not None:  # type: ignore[attr-defined]
-            try:
-                if tuple(x.shape) not in tried:
-                    probe = x.detach().requires_grad_(True)
-                    torch.autograd.grad(call.fast(probe).float().sum(), probe)  # type: ignore[attr-defined]
-                    tried.add(tuple(x.shape))
-                return call.fast(x)  # type: ignore[attr-defined]
-            except OutOfMemory:
-                raise
-            except Exception as e:  # compile errors surface at the first call, forward or backward
-                call.error, call.fast = one_line(e), None  # type: ignore[attr-defined]
-        return fn(x)
-
-    call.fast, call.error = fast, reason  # type: ignore[attr-defined]
-    return call
 
 
 def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:

@@ -10,9 +10,11 @@ finite. Weights are stored in the compute dtype, norms (weights and statistics) 
 TF32 is turned off for cuDNN convolutions and cuBLAS matmuls.
 
 CPU: without native bf16 (AVX512-BF16 or AMX) bf16 is emulated and ruinous (measured on an AVX2 machine: a
-128-channel 3×3 conv at 128² took 51.7 s in bf16 vs 0.30 s in fp32). With AVX512-BF16 alone, oneDNN's bf16
-matmuls are ~2.9× faster than fp32 (1600×768×3072, forward + input gradient) but its convolutions only ~1.3×,
-so CLIP computes in bf16 and the decoder in fp32; with AMX both compute in bf16. Frozen weights are stored as
+128-channel 3×3 conv at 128² took 51.7 s in bf16 vs 0.30 s in fp32). With native bf16 (AVX512-BF16 or AMX)
+both CLIP and the decoder compute in bf16: on AVX512-BF16 alone oneDNN's bf16 matmuls are ~2.9× faster than
+fp32 but its convolutions only ~1.3×, and keeping the decoder in fp32 there bought no measured speed (the same
+seconds per step within noise, interleaved runs at 480², cutn 32, real architectures) for 30% more memory
+(3.55 GB vs 2.72 GB peak RSS); `scripts/bench.py precision` measures both on the machine at hand. Frozen weights are stored as
 bf16 on every CPU (the upcast costs ~0.15 s a step, the saving is ~185 MiB of RSS, the rounding is invisible:
 decoder PSNR 50 dB, CLIP embedding cosine 0.99999).
 """
@@ -90,9 +92,8 @@ def choose_precision(precision: str, device: torch.device) -> Precision:
         dt = cuda_dtype(cuda_capability(device))
         return Precision(dt, dt, dt)
     if device.type == "cpu":
-        clip = torch.bfloat16 if cpu_has_native_bf16() else None
-        dec = torch.bfloat16 if clip is not None and cpu_has_amx() else None
-        return Precision(dec, clip, torch.bfloat16)
+        native = torch.bfloat16 if cpu_has_native_bf16() else None  # AVX512-BF16 or AMX: bf16 everywhere
+        return Precision(native, native, torch.bfloat16)
     return Precision(None, None)  # MPS and others: fp32 (reduced precision there is not verified)
 
 

@@ -8,6 +8,8 @@ run index travels as JSON in a `<script type="application/json">` element and is
 Symlinks are never followed: a linked run folder is skipped, and a details.json, output.png, video or input image
 that is a symlink (or a FIFO, or a folder) is treated as absent, so the page never reads, thumbnails or links a
 file from outside its run folder.
+The page never overwrites anything but a page: it is refused in a run folder (`vqclip.runfolder.guard`), in the
+gallery's own .gallery folder, over a symlink, FIFO or device, and over an existing file that is not .html.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from vqclip.errors import VqclipError
 from vqclip.gallery.cache import load_cache, save_cache, signature
 from vqclip.gallery.model import KNOWN_STATUSES, card_from_run, input_images, lineage_strips
 from vqclip.gallery.thumbs import THUMB_EXT, ThumbJob, make_thumbnails
-from vqclip.record import DETAILS, IMAGE, VIDEO, BadRun
+from vqclip.runfolder.record import DETAILS, IMAGE, VIDEO, BadRun
 from vqclip.runs import read_run, run_folders
 from vqclip.files import atomic_write_bytes, path_problem
+from vqclip.runfolder.guard import refuse_run_path
 
 GALLERY_DIR = ".gallery"
 
@@ -74,7 +77,9 @@ def build_gallery(output_dir: str | Path, out: str | Path | None = None, kiosk: 
     if not output_dir.is_dir():
         what = (path_problem(output_dir, "folder") or "is not a folder") if output_dir.exists() else "does not exist"
         raise VqclipError(f"output folder {output_dir} {what}; run `vqclip generate` first or pass --output-dir")
+    refuse_run_path(output_dir, "--output-dir", "a gallery (index.html and .gallery)")
     index = _index_path(Path(out) if out else output_dir / "index.html", given=out is not None)
+    _outside_gallery_files(index, output_dir / GALLERY_DIR)
     gallery = output_dir / GALLERY_DIR
     if gallery.is_symlink() or (gallery.exists() and not gallery.is_dir()):
         raise VqclipError(f"{gallery} is {'a symlink' if gallery.is_symlink() else 'not a folder'}; the gallery "
@@ -113,17 +118,28 @@ def _index_path(index: Path, given: bool) -> Path:
     flag = "--out" if given else "--output-dir"
     if index.is_dir() and not index.is_symlink():
         index = index / "index.html"
-    if index.exists() or index.is_symlink():
-        if index.is_symlink():
-            return index  # written by rename, which replaces the link itself and never writes through it
+    refuse_run_path(index, flag, "the page")
+    if index.is_symlink():  # replacing it would lose the link; writing through it could reach anything
+        raise VqclipError(f"{index} is a symlink; pass {flag} the real path for the page (an .html file or a folder)")
+    if index.exists():
         problem = path_problem(index, "file")
         if problem:
             raise VqclipError(f"{index} {problem.replace('is a directory, not a file', 'is a folder')}; pass {flag} "
                               "a path for the page (an .html file or a folder)")
+        if index.suffix.lower() not in (".html", ".htm"):
+            raise VqclipError(f"{index} exists and is not an .html page, so the gallery will not replace it; pass "
+                              f"{flag} a new path or a folder")
     problem = path_problem(index.parent, "folder")
     if problem:
         raise VqclipError(f"the page's folder {index.parent} {problem}; pass {flag} a path in a folder")
     return index
+
+
+def _outside_gallery_files(index: Path, gallery: Path) -> None:
+    """The page never goes into .gallery, whose thumbnails and cache each build rewrites and removes."""
+    real, own = Path(os.path.realpath(index)), Path(os.path.realpath(gallery))
+    if real == own or own in real.parents:
+        raise VqclipError(f"--out {index} is inside {gallery}, the gallery's own cache; pass --out a path outside it")
 
 
 def _plain(entry: os.DirEntry[str] | None) -> bool | None:

@@ -1,7 +1,7 @@
 """The gallery's index model: one plain, JSON-ready card per run, from an untrusted details.json.
 
 Why defensive: a run folder may hold a details.json written by an older/newer vqclip, edited by hand, or not
-ours at all. The run's typed record (`vqclip.record`, read tolerantly: a field of the wrong type is left at
+ours at all. The run's typed record (`vqclip.runfolder.record`, read tolerantly: a field of the wrong type is left at
 its default) gives the fields; the coercers below cap and clean them (and the free-form `config`) for the page,
 so one odd run can never crash the build or break the page. Run text only ever reaches the page as JSON data
 rendered with `textContent`.
@@ -14,7 +14,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from vqclip.record import Files
+from vqclip.runfolder.record import Files
 from vqclip.runs import RunInfo
 
 CARD_VERSION = 6  # bump when card fields or coercion change: cached cards are then rebuilt

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from vqclip.record import DETAILS, IMAGE, STATE, Files, RunRecord, Timings, Weights
+from vqclip.runfolder.record import DETAILS, IMAGE, STATE, Files, RunRecord, Timings, Weights
 
 MODELS = ("vqgan_imagenet_f16_16384", "vqgan_gumbel_f8_8192", "wikiart_16384")
 SUBJECTS = ("A sunny countryside with a Collie", "Backyard in winter", "A lighthouse at dusk, oil painting",

@@ -220,15 +220,13 @@ class DryRun:
 def dry_run(config: Any, *, weights_dir: Any = None, on_note: Any = None) -> DryRun:
     """The estimated peak memory of `config` and the largest sizes that fit; starts nothing, prints nothing."""
     from vqclip import engine
-    from vqclip.engine.precision import choose_precision
     from vqclip.prompts import floor_size
     from vqclip.weights.resolve import resolve_model
 
     # The yaml alone, through the resolver `generate` uses: nothing is downloaded or hashed.
     spec = engine.read_spec(resolve_model(config.model, weights_dir=weights_dir, yaml_only=True).yaml_path)
     width, height = floor_size(config.width, config.height, spec.factor)
-    device = engine.pick_device(config.device, on_fallback=on_note)
-    precision = choose_precision(config.precision, device)
+    device, precision = engine.resolve_device(config.device, config.precision, on_note=on_note)
     budget = memory_budget(device)
     args = (spec, config.clip_model, width, height, config.cutn, device, precision)
     with_encoder = bool(config.init_image)

@@ -1,212 +1,158 @@
-"""One run, end to end: config → weights → models → engine session → run folder.
+"""The life of a run, written once for every engine and every front end.
 
-This is the glue between the pure engine and the CLI: it resolves files, loads images, drives the session and
-records everything in a run folder (written under a temporary name, renamed at the end). It prints nothing
-itself: notes and progress go to a `Reporter` supplied by the caller (the CLI's Rich one, or a silent one).
+`execute(request, reporter)` leaves a complete run folder (finished, interrupted or failed) or nothing at all:
+
+1. build the engine named by `config.engine` (weights, models and input images loaded; a bad input fails here,
+   before any folder exists);
+2. open the run folder under a temporary name and copy the inputs into it;
+3. start the engine (fresh, or from the continue plan), start the progress video;
+4. run the steps: progress and video frames leave through the reporter and the writer; a stop request ends
+   the run after the current step (or frame);
+5. if a step raised: out of memory frees the step's tensors; the engine salvages what is worth keeping (a
+   failed run) or the folder is dropped and the error goes up;
+6. close the video, let the engine finish extra products (an interpolated video), the chain video for the last
+   stage of a chain;
+7. score the picture, write output.png with its parameters, state.pt and details.json;
+8. commit: rename the folder into place. A failure after step 2 that keeps nothing discards the folder.
+
+Prints nothing: notes and progress go to the `Reporter` the caller supplies.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from vqclip.config import RunConfig
 from vqclip.errors import VqclipError, one_line
-from vqclip.record import DETAILS, IMAGE, STATE, VIDEO, Continued, Files, RunRecord, now_iso
 from vqclip.pipeline import oom
-from vqclip.runs import RunFolder
+from vqclip.pipeline.request import Inputs, Reporter, Resume, RunOutcome, RunRequest
+from vqclip.runfolder.folder import RunFolder
+from vqclip.runfolder.names import CHAIN_VIDEO, DETAILS, IMAGE, STATE, VIDEO
+from vqclip.runfolder.record import Files, RunRecord, now_iso
 
-class Reporter:
-    """Silent by default; the CLI subclasses it with Rich output."""
 
-    def note(self, message: str) -> None:  # one-line notices (size floored, downloads, …)
-        pass
+class _Writer:
+    """The `engines.base.Output` the engine writes through: progress to the reporter, frames to the video,
+    files into the run folder."""
 
-    def transfer(self) -> Any:  # a vqclip.weights.download.Progress for downloads and hashing; None: silent
-        return None
-
-    def start(self, total: int, run_id: str) -> None:
-        pass
+    def __init__(self, folder: RunFolder, video: Any, reporter: Reporter) -> None:
+        self.folder, self.video, self.reporter = folder, video, reporter
+        self.last_frame_step: int | None = None
 
     def step(self, info: Any) -> None:
-        pass
+        if getattr(info, "frame", None) is not None:
+            self.frame(info.frame)
+            self.last_frame_step = info.frame_step
+        self.reporter.step(info)
 
-    def end(self) -> None:
-        pass
+    def frame(self, image: Any) -> None:
+        self.video.append(image)
 
+    def write(self, name: str, data: bytes) -> None:
+        path = self.folder.file(name)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True)
+        self.folder.write(name, data)
 
-@dataclass
-class RunRequest:
-    config: RunConfig
-    output_dir: Path = Path("output")
-    weights_dir: Path | None = None
-    download: bool = True
-    trusted: list[Path] = field(default_factory=list)
-    should_stop: Callable[[], bool] | None = None
-    # chaining (vqclip continue / --then): set by the caller
-    parent: str | None = None
-    root: str | None = None
-    stage: int = 1
-    state: dict[str, Any] | None = None  # a saved engine state to continue from
-    start_image: Any = None  # a PIL image to encode as the start (continuing from a PNG, or stretch)
-    continued: Continued | None = None  # how a continued run starts (details.json "continue")
-    # (device type, recorded precision) of the parent: a continued run on the same kind of device computes in
-    # the dtypes its parent did, unless --precision says otherwise
-    inherit_precision: tuple[str, str] | None = None
-    run_id: str | None = None
-    # (models, settings, state, start_image) -> the state to start from; lets `continue` adapt a saved state to
-    # the loaded models (new grid size, re-encoded start) without loading the models twice
-    prepare_state: Callable[[Any, Any, dict[str, Any] | None, Any], dict[str, Any] | None] | None = None
-    batch: dict[str, Any] | None = None  # `vqclip batch`: {"id", "row"}, recorded in details.json
-    models_cache: Any = None  # a vqclip.pipeline.cache.ModelCache: models loaded once, kept for the next run
-
-
-@dataclass
-class RunOutcome:
-    id: str
-    path: Path
-    status: str
-    steps_done: int
-    global_step: int
-    record: RunRecord  # what details.json holds
-
-    @property
-    def details(self) -> dict[str, Any]:
-        """details.json as written (the record's on-disk JSON)."""
-        return self.record.model_dump(mode="json")
+    def note(self, message: str) -> None:
+        self.reporter.note(message)
 
 
 def execute(req: RunRequest, reporter: Reporter | None = None) -> RunOutcome:
-    """Do one run and leave a complete run folder (finished, interrupted or failed), or nothing at all. The
-    device's cached memory goes back to the driver at the end, so runs in one process do not pile up."""
-    import traceback
-
-    from vqclip.pipeline import budget
-
-    used: dict[str, Any] = {}
+    """Do one run and leave a complete run folder, or nothing at all. The device's cached memory goes back to
+    the driver at the end, so runs in one process do not pile up."""
+    held: list[Any] = []
     try:
-        return _execute(req, reporter or Reporter(), used)
+        return _run(req, reporter or Reporter(), held)
     except BaseException as exc:
         if isinstance(exc, VqclipError) or oom.is_out_of_memory(exc):  # one line for the user: the frames can go
             traceback.clear_frames(exc.__traceback__)
         raise
     finally:
-        budget.release_device_cache(used.get("device"))
+        for engine in held:
+            engine.release()
 
 
-def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome:
-    from vqclip import engine
-    from vqclip.engine.loop import BadState
-    from vqclip.pipeline import budget
-    from vqclip.pipeline.load import load_run
+def _run(req: RunRequest, rep: Reporter, held: list[Any]) -> RunOutcome:
+    from vqclip.engines import engine_kind
+    from vqclip.engines.base import Setup
     from vqclip.pipeline.media import VideoWriter, image_parameters, png_bytes
-    from vqclip.pipeline.score import run_score, score_text
-    from vqclip.state import save_state
+    from vqclip.pipeline.score import score_text
+    from vqclip.runfolder.state import save_state
 
     cfg = req.config
     t_start = time.perf_counter()
-    run = load_run(cfg, weights_dir=req.weights_dir, download=req.download, trusted=req.trusted, reporter=rep,
-                   used=used, start_image=req.start_image, has_state=req.state is not None,
-                   inherit_precision=req.inherit_precision, models_cache=req.models_cache)
-    seed, spec, width, height, device = run.seed, run.spec, run.width, run.height, run.device
-    precision, plan, settings, models, prompts = run.precision, run.plan, run.settings, run.models, run.prompts
-    init, image_prompts, start_image = run.init, run.image_prompts, run.start_image
+    # 1. the engine, loaded
+    engine = engine_kind(cfg.engine).build(Setup(
+        config=cfg, inputs=req.inputs, options=req.options, resume=req.resume, models_cache=req.models_cache,
+        note=rep.note, transfer=rep.transfer()))
+    held.append(engine)
 
-    def oom_text() -> str:
-        return oom.oom_message(device, width, height, cfg.cutn, plan.low_memory, spec.factor)
-
+    # 2. the folder, with copies of the inputs; a write that fails (a full disk) leaves no folder
     folder = RunFolder(req.output_dir, req.run_id).create()
     created = now_iso()
-    run_files = Files(image=IMAGE, state=STATE)
-    try:  # copies of the input images; a write that fails (a full disk) leaves no folder
-        if init is not None:
-            run_files.init_image = f"init{init[2]}"
-            folder.write(run_files.init_image, init[1])
-        for i, ((_, data, suffix), _) in enumerate(image_prompts):
-            run_files.image_prompts.append(f"image_prompt_{i}{suffix}")
-            folder.write(run_files.image_prompts[-1], data)
+    files = Files(image=IMAGE, state=STATE)
+    try:
+        for item in engine.input_files():
+            folder.write(item.name, item.data)
+            if item.field == "image_prompts":
+                files.image_prompts.append(item.name)
+            else:
+                setattr(files, item.field, item.name)
     except BaseException as exc:
         folder.discard()
         if isinstance(exc, OSError):
             raise folder.write_failed(exc) from None
         raise
-    session = None
+
+    # 3. start; 4. the steps
     video = VideoWriter(folder.file(VIDEO), cfg.fps)
-    result = None
-    error: str | None = None
-    failure: BaseException | None = None
+    out = _Writer(folder, video, rep)
+    result = failure = error = None
     t_run = time.perf_counter()
     try:
-        state = req.state
-        if req.prepare_state is not None:
-            state = req.prepare_state(models, settings, state, start_image)
-        try:
-            session = engine.start_session(models, settings, prompts, init_image=start_image, state=state)
-        except BadState as e:  # load_state checks a state file up front; this is what it cannot foresee
-            raise VqclipError(f"the saved state of {req.parent or 'the run'} cannot be used here: {e}; continue "
-                              f"with --resize stretch to start from its {IMAGE} instead") from None
-        for note in session.notes:
+        for note in engine.start():
             rep.note(note)
-        if req.models_cache is None:
-            budget.prepare_for_steps(models, plan)  # text tower and encoder freed, weights stored as planned
-        else:  # cached models serve the next run too: keep the text tower and encoder
-            req.models_cache.prepare_for_steps(models, plan)
-        last_frame_step = [-1]
-
-        def on_step(info: Any) -> None:
-            if info.frame is not None:
-                video.append(info.frame)
-                last_frame_step[0] = info.frame_step
-            rep.step(info)
-
-        rep.start(cfg.steps, folder.id)
+        rep.start(engine.planned, folder.id)
         t_run = time.perf_counter()
         try:
-            result = session.run(cfg.steps, on_step, req.should_stop)
+            result = engine.run(out, req.should_stop)
         finally:
             rep.end()
-        run_s = time.perf_counter() - t_run
-        if cfg.compile and session.compile_error:
-            rep.note(f"--compile fell back to eager mode ({session.compile_error})")
-        if result.skipped_steps:
-            rep.note(f"{len(result.skipped_steps)} step(s) not applied because the loss or gradient was not finite "
-                     f"({precision.describe()}); if many are, try --precision fp32")
-        if last_frame_step[0] != result.global_step:
-            video.append(result.image)
         status = "interrupted" if result.stopped else "finished"
-    except BaseException as exc:
-        out_of_memory = oom.is_out_of_memory(exc)
-        if out_of_memory:  # free the failed step's tensors first: decoding the last good latent needs the room
-            oom.free_after_oom(exc, session, device)
-        result = oom.salvage(session, exc)
-        if result is None:  # nothing worth keeping: leave no folder at all
+    except BaseException as exc:  # 5. a step raised: keep what is worth keeping, or nothing
+        oom_line = engine.after_oom(exc) if oom.is_out_of_memory(exc) else None
+        result = engine.salvage(exc)
+        if result is None:
             video.close()
             folder.discard()
-            if out_of_memory:
-                raise VqclipError(oom_text()) from None
+            if isinstance(exc, OSError):
+                raise folder.write_failed(exc) from None
+            if oom_line is not None:
+                raise VqclipError(oom_line) from None
             raise
-        failure = exc
-        status = "failed"
-        error = one_line(exc)
-        run_s = time.perf_counter() - t_run
+        failure, status, error = (oom_line or one_line(exc)), "failed", one_line(exc)
+    run_s = time.perf_counter() - t_run
 
-    try:  # finishing touches; any failure here still leaves no half-written run folder
+    try:  # 6.-8. finishing touches; any failure here still leaves no half-written run folder
         video_path = video.close()
         if video.error:
             rep.note(f"no progress video ({video.error})")
-        score = run_score(models.clip, prompts, result.image, settings.clip_autocast_dtype, rep.note)
-        folder.write(IMAGE, png_bytes(result.image, image_parameters(cfg, seed, result.global_step, (width, height),
-                                                                     score_text(score))))
-        save_state(folder.file(STATE), session.state_dict())
-        run_files.video = VIDEO if video_path else None
-        record = run.record(
-            folder.id, created, status=status, error=error, prompt=cfg.prompt, config=cfg.model_dump(mode="json"),
-            steps_done=result.steps_done, steps_planned=cfg.steps, global_step=result.global_step,
-            losses=result.losses, skipped_steps=result.skipped_steps, score=score, step_seconds=result.step_seconds,
-            run_s=run_s, t_start=t_start, parent=req.parent, root=req.root or folder.id, stage=req.stage,
-            files=run_files, continue_=req.continued, batch=req.batch)
+        files.video = VIDEO if video_path else None
+        for key, value in engine.finish(video_path, out).items():
+            setattr(files, key, value)
+        chain = _chain_video(req, folder, video_path, status, rep)
+        if chain:
+            files.chain_video = CHAIN_VIDEO
+        score = engine.score(result.image, rep.note)
+        fields = engine.record()
+        folder.write(IMAGE, png_bytes(result.image, image_parameters(
+            cfg, fields["seed"], result.global_step, tuple(fields["size"]), score_text(score))))
+        save_state(folder.file(STATE), engine.state())
+        record = _record(req, engine, folder.id, created, status, error, result, score, files, fields,
+                         run_s=run_s, t_start=t_start, chain=chain)
         folder.write_record(record)
         path = folder.commit()
     except BaseException as exc:
@@ -215,11 +161,54 @@ def _execute(req: RunRequest, rep: Reporter, used: dict[str, Any]) -> RunOutcome
             raise folder.write_failed(exc) from None
         raise
     if failure is not None:
-        what = oom_text() if oom.is_out_of_memory(failure) \
-            else f"the run failed at step {result.global_step + 1} ({error})"
-        raise VqclipError(f"{what}; the {result.steps_done} steps done were saved as run {folder.id} "
-                          f"(status failed), and `vqclip continue {folder.id}` picks them up") from None
+        said = engine.failed(error, folder.id, result)
+        if said is None:
+            what = failure if failure != error else f"the run failed at step {result.global_step + 1} ({error})"
+            said = (f"{what}; the {result.steps_done} steps done were saved as run {folder.id} (status failed), "
+                    f"and `vqclip continue {folder.id}` picks them up")
+        raise VqclipError(said) from None
     return RunOutcome(folder.id, path, status, result.steps_done, result.global_step, record)
 
 
-__all__ = ["Reporter", "RunRequest", "RunOutcome", "execute", "DETAILS"]
+def _chain_video(req: RunRequest, folder: RunFolder, video: Path | None, status: str, rep: Reporter) -> list[str]:
+    """The last stage of a chain (`req.chain` holds the earlier ones; a stage that was interrupted is the last):
+    the whole chain as one video, in this run's folder. Returns the chain's run ids when the video was made."""
+    if not req.chain or not (req.last_stage or status == "interrupted"):
+        return []
+    from vqclip.pipeline.stages import combine_videos
+
+    sources = [o.path / VIDEO for o in req.chain if (o.path / VIDEO).is_file()]
+    if video is not None:
+        sources.append(video)
+    if not sources or combine_videos(sources, folder.file(CHAIN_VIDEO), req.config.fps) is None:
+        rep.note("no chain video (no stage made a progress video)")
+        return []
+    return [*(o.id for o in req.chain), folder.id]
+
+
+def _record(req: RunRequest, engine: Any, run_id: str, created: str, status: str, error: str | None, result: Any,
+            score: Any, files: Files, fields: dict[str, Any], *, run_s: float, t_start: float,
+            chain: list[str]) -> RunRecord:
+    """details.json: what the skeleton knows (id, times, status, steps, losses, lineage, files) and what the
+    engine knows (`fields`: seed, size, device, precision, weights, …)."""
+    from vqclip.runfolder.record import Timings
+
+    cfg, resume = req.config, req.resume
+    timed = result.step_seconds[1:] or result.step_seconds  # the first step warms up
+    parent = resume.parent if resume is not None else None
+    base: dict[str, Any] = dict(
+        id=run_id, created=created, finished=now_iso(), status=status, error=error, engine=cfg.engine,
+        prompt=cfg.prompt, config=cfg.model_dump(mode="json"), steps_done=result.steps_done,
+        steps_planned=engine.planned, global_step=result.global_step,
+        losses=[round(x, 6) for x in result.losses],  # not finite (an overflow): recorded as null
+        skipped_steps=result.skipped_steps, score=score,
+        timings=Timings(load_s=round(engine.load_s, 3), run_s=round(run_s, 3),
+                        total_s=round(time.perf_counter() - t_start, 3),
+                        per_step_s=round(sorted(timed)[len(timed) // 2], 4) if timed else None),
+        parent=parent.id if parent else None, root=parent.root if parent else run_id,
+        stage=parent.stage + 1 if parent else 1, files=files,
+        continue_=resume.continued() if resume is not None else None, batch=req.batch, chain=chain or None)
+    return RunRecord(**{**base, **fields})
+
+
+__all__ = ["Reporter", "Inputs", "Resume", "RunRequest", "RunOutcome", "execute", "DETAILS"]

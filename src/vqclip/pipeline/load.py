@@ -5,12 +5,10 @@ models loaded once and the prompts embedded."""
 
 from __future__ import annotations
 
-import contextlib
 import platform
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from vqclip import __version__
@@ -37,24 +35,17 @@ class LoadedRun:
     load_s: float
     config: RunConfig  # as loaded (an animation's: its first story stage)
 
-    def record(self, run_id: str, created: str, *, losses: list[float], step_seconds: list[float], run_s: float,
-               t_start: float, **fields: Any) -> Any:
-        """details.json of a run made with what was loaded here: the seed, size, device, precision, memory plan,
-        weights, CLIP and versions from this load, the timings from the steps; `fields` add the run's own."""
-        from vqclip.record import Clip, RunRecord, Timings, Weights, now_iso
+    def fields(self) -> dict[str, Any]:
+        """details.json fields of a run made with what was loaded here: seed, size, device, precision, memory
+        plan, weights, CLIP and versions."""
+        from vqclip.runfolder.record import Clip, Weights
 
-        timed = step_seconds[1:] or step_seconds  # the first step warms up
-        return RunRecord(
-            id=run_id, created=created, finished=now_iso(), seed=self.seed, size=(self.width, self.height),
-            losses=[round(x, 6) for x in losses],  # not finite (an overflow): recorded as null
-            timings=Timings(load_s=round(self.load_s, 3), run_s=round(run_s, 3),
-                            total_s=round(time.perf_counter() - t_start, 3),
-                            per_step_s=round(sorted(timed)[len(timed) // 2], 4) if timed else None),
-            device=str(self.device), precision=self.precision.describe(), low_memory=self.plan.low_memory,
-            memory_estimate_mb=round(self.plan.estimate.total / 2**20), versions=versions(),
-            weights=Weights(name=self.files.name, sha256=self.files.sha256, source=self.files.source,
-                            path=str(self.files.ckpt_path)),
-            clip=Clip(model=self.models.clip.name, pretrained=self.config.clip_pretrained), **fields)
+        return dict(seed=self.seed, size=(self.width, self.height), device=str(self.device),
+                    precision=self.precision.describe(), low_memory=self.plan.low_memory,
+                    memory_estimate_mb=round(self.plan.estimate.total / 2**20), versions=versions(),
+                    weights=Weights(name=self.files.name, sha256=self.files.sha256, source=self.files.source,
+                                    path=str(self.files.ckpt_path)),
+                    clip=Clip(model=self.models.clip.name, pretrained=self.config.clip_pretrained))
 
 
 def versions() -> dict[str, str]:
@@ -70,48 +61,42 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def load_run(cfg: RunConfig, *, weights_dir: Path | None, download: bool, trusted: list[Path], reporter: Any,
-             used: dict[str, Any], start_image: Any = None, has_state: bool = False,
-             inherit_precision: tuple[str, str] | None = None, with_encoder: bool = False,
-             models_cache: Any = None) -> LoadedRun:
-    """`used["device"]` is set as soon as the device is known, so the caller can release its cache whatever
-    happens next. `with_encoder` keeps the VQGAN's encoder even without a start image (animation re-encodes)."""
+def load_run(cfg: RunConfig, inputs: Any, *, note: Any, transfer: Any = None, used: dict[str, Any],
+             start_image: Any = None, has_state: bool = False, recorded: tuple[str, str] | None = None,
+             with_encoder: bool = False, models_cache: Any = None) -> LoadedRun:
+    """`inputs`: a pipeline.request.Inputs. `used["device"]` is set as soon as the device is known, so the caller
+    can release its cache whatever happens next. `recorded`: (device type, precision) of the run this one
+    continues. `with_encoder` keeps the VQGAN's encoder even without a start image (animation re-encodes)."""
     from vqclip import engine
-    from vqclip.engine.precision import Precision, choose_precision
     from vqclip.pipeline import budget, oom
     from vqclip.pipeline.media import open_image
     from vqclip.pipeline.settings import settings_from_config
     from vqclip.prompts import floor_size
     from vqclip.weights.checkpoint import is_trusted
+    from vqclip.weights.clip import clip_downloads
     from vqclip.weights.resolve import resolve_model
 
-    rep = reporter
     seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
     init = open_image(cfg.init_image, "init image") if cfg.init_image and not has_state \
         and start_image is None else None
     image_prompts = [(open_image(spec.path, "image prompt"), spec) for spec in cfg.image_prompt_specs]
 
-    files = resolve_model(cfg.model, weights_dir=weights_dir, download=download, note=rep.note,
-                          progress=rep.transfer())
+    files = resolve_model(cfg.model, weights_dir=inputs.weights_dir, download=inputs.download, note=note,
+                          progress=transfer)
     spec = engine.read_spec(files.yaml_path)
     width, height = floor_size(cfg.width, cfg.height, spec.factor)
     if (width, height) != (cfg.width, cfg.height):
-        rep.note(f"size {cfg.width}x{cfg.height} floored to {width}x{height} "
-                 f"(a multiple of {spec.factor}, this model's downsampling factor)")
-    device = engine.pick_device(cfg.device, on_fallback=rep.note)
+        note(f"size {cfg.width}x{cfg.height} floored to {width}x{height} "
+             f"(a multiple of {spec.factor}, this model's downsampling factor)")
+    device, precision = engine.resolve_device(cfg.device, cfg.precision, recorded, on_note=note)
     used["device"] = device
     start = start_image if start_image is not None else (init[0] if init else None)
     encoder = with_encoder or start is not None
-    precision = choose_precision(cfg.precision, device)
-    if inherit_precision is not None and cfg.precision == "auto" and inherit_precision[0] == device.type:
-        with contextlib.suppress(ValueError):
-            precision = Precision.parse(inherit_precision[1])
-    precision.apply(device)
     plan = budget.plan_run(cfg, spec, width, height, device, precision, with_encoder=encoder,
                            keep_encoder=with_encoder,
                            first_load_bytes=budget.first_load_bytes(files.ckpt_path))
     if plan.note:
-        rep.note(plan.note)
+        note(plan.note)
     settings = settings_from_config(cfg, width=width, height=height, seed=seed, autocast_dtype=precision.decoder,
                                     clip_autocast_dtype=precision.clip, loss_scale=precision.loss_scale,
                                     low_memory=plan.low_memory, clip_chunk=plan.clip_chunk)
@@ -119,9 +104,10 @@ def load_run(cfg: RunConfig, *, weights_dir: Path | None, download: bool, truste
     models = prompts = None
     try:
         load_args = (files.yaml_path, files.ckpt_path, cfg.clip_model, cfg.clip_pretrained, device)
-        load_kw = {"with_encoder": encoder, "trust": is_trusted(files.ckpt_path, trusted)}
-        models = engine.load_models(*load_args, **load_kw) if models_cache is None \
-            else models_cache.get(load_args, load_kw, plan.weight_dtype)
+        load_kw = {"with_encoder": encoder, "trust": is_trusted(files.ckpt_path, inputs.trusted)}
+        with clip_downloads(inputs.download, note, transfer):  # --no-download covers CLIP too
+            models = engine.load_models(*load_args, **load_kw) if models_cache is None \
+                else models_cache.get(load_args, load_kw, plan.weight_dtype)
         prompts = engine.build_prompts(models, settings, cfg.text_prompts,
                                        [(img, spec_) for (img, _, _), spec_ in image_prompts],
                                        cfg.noise_prompt_specs)

@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vqclip.record import PromptScore, Score
+from vqclip.runfolder.record import PromptScore, Score
 
 SCALE = 100.0
 DIGITS = 6

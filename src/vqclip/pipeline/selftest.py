@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vqclip.record import IMAGE, STATE, VIDEO, RunRecord, read_record
+from vqclip.runfolder.record import IMAGE, STATE, VIDEO, RunRecord, read_record
 
 
 @dataclass
@@ -27,14 +27,27 @@ class SelftestReport:
         return bool(self.checks) and all(ok for _, ok, _ in self.checks)
 
 
+SAVE_EVERY = 2
+
+
+def progress_frames(steps: int, save_every: int) -> int:
+    """Frames in the progress video of a run of `steps` steps from step 0: the loop keeps the image before the
+    first step and before every step whose number is a multiple of `save_every` (`vqclip.engine.loop`), and
+    the run adds its final image (`vqclip.pipeline.execute`), which no such frame shows yet."""
+    before = -(-steps // save_every) if save_every > 0 else 1  # steps 0, k, 2k, … below `steps`
+    return before + 1
+
+
 def run_selftest(keep: Path | None = None, steps: int = 6, device: str = "auto") -> SelftestReport:
     import imageio.v2 as imageio
     from PIL import Image
 
     from vqclip.config import build_config
-    from vqclip.pipeline.execute import Reporter, RunRequest, execute
+    from vqclip.pipeline.execute import execute
+    from vqclip.pipeline.request import Inputs, Reporter, RunRequest
     from vqclip.pipeline.load import versions
-    from vqclip.state import load_state
+    from vqclip.engines.vqgan_state import check_state
+    from vqclip.runfolder.state import load_state
     from vqclip.testing import make_tiny_clip, make_tiny_vqgan
 
     checks: list[tuple[str, bool, str]] = []
@@ -47,23 +60,23 @@ def run_selftest(keep: Path | None = None, steps: int = 6, device: str = "auto")
         cfg = build_config(None, {
             "prompt": "a red square:1 | a blue circle:-0.5", "noise_prompts": ["7:0.3"], "model": str(yaml_path),
             "clip_model": str(clip_json), "clip_pretrained": str(clip_ckpt), "width": 64, "height": 64,
-            "steps": steps, "cutn": 8, "save_every": 2, "seed": 0, "device": device})
+            "steps": steps, "cutn": 8, "save_every": SAVE_EVERY, "seed": 0, "device": device})
         out_dir = (keep or root / "output")
-        outcome = execute(RunRequest(config=cfg, output_dir=out_dir, download=False), Reporter())
+        outcome = execute(RunRequest(config=cfg, output_dir=out_dir, inputs=Inputs(download=False)), Reporter())
         folder = outcome.path
         record = read_record(folder)
         checks.append(("run finished", outcome.status == "finished", outcome.status))
         img = Image.open(folder / IMAGE)
-        checks.append(("output.png", img.size == (64, 64) and "parameters" in img.text, f"{img.size[0]}x{img.size[1]}"))
-        state = load_state(folder / STATE)
-        checks.append(("state.pt", int(state["step"]) == steps, f"step {state['step']}"))
+        checks.append((IMAGE, img.size == (64, 64) and "parameters" in img.text, f"{img.size[0]}x{img.size[1]}"))
+        state = load_state(folder / STATE, check_state)
+        checks.append((STATE, int(state["step"]) == steps, f"step {state['step']}"))
         frames = 0
         if record.files.video:
             reader = imageio.get_reader(str(folder / VIDEO), format="FFMPEG")
             frames = sum(1 for _ in reader)
             reader.close()
-        expected = steps // 2 + 1
-        checks.append(("anim.mp4", frames == expected, f"{frames} frames"))
+        expected = progress_frames(steps, SAVE_EVERY)
+        checks.append((VIDEO, frames == expected, f"{frames} frames"))
         losses = record.losses  # a loss that was not finite is recorded as null
         finite = [x for x in losses if x is not None and abs(x) < 1e9]
         bad = len(losses) - len(finite)

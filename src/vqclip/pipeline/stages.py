@@ -1,8 +1,9 @@
 """Chains of stages (`vqclip generate … --then …`, story prompts `a ^ b ^ c`) and their combined video.
 
 Every stage is its own run folder (parent / root / stage in details.json): stage 1 is a generate run, each later
-stage continues the previous one with the next prompt. `run_stages` writes the combined video of the chain as
-`chain.mp4` in the **last stage's folder** and records it there in details.json (`files.chain_video`, `chain` =
+stage continues the previous one with the next prompt, and the models load once for the whole chain. The last
+stage made (the last planned, or the one interrupted) writes the combined video of the chain as `chain.mp4` in
+its own folder before that folder is committed, and records it in details.json (`files.chain_video`, `chain` =
 the stage ids). Each stage's own video already starts from its parent's last frame (a session's first frame is
 its starting latent), so the combined video drops that duplicate frame at each joint; stages of different sizes
 are centred on a black canvas of the largest width and height, unscaled. Prints nothing: the caller gets a
@@ -17,12 +18,9 @@ from typing import Any, Callable
 
 from vqclip.config import RunConfig
 from vqclip.errors import UsageError, VqclipError
-from vqclip.pipeline.execute import Reporter, RunOutcome, RunRequest
-from vqclip.files import temp_path
-from vqclip.record import DETAILS, VIDEO, write_record
+from vqclip.pipeline.request import Inputs, Reporter, RunOutcome, RunRequest
+from vqclip.runfolder.names import CHAIN_VIDEO
 from vqclip.runs import RunInfo
-
-CHAIN_VIDEO = "chain.mp4"
 
 def _frames(path: Path) -> Any:
     import imageio.v2 as imageio
@@ -71,33 +69,6 @@ def combine_videos(sources: list[Path], dest: Path, fps: int) -> Path | None:
     except Exception as e:  # a broken stage video must not lose the runs themselves
         writer.error = writer.error or f"{type(e).__name__}: {e}".splitlines()[0][:200]
     return writer.close()
-
-
-def write_chain_video(outcomes: list[RunOutcome], fps: int) -> Path | None:
-    """Write `chain.mp4` into the last stage's folder and record it in that stage's details.json."""
-    sources = [o.path / VIDEO for o in outcomes if (o.path / VIDEO).is_file()]
-    if len(outcomes) < 2 or not sources:
-        return None
-    last = outcomes[-1].path
-    tmp = temp_path(last / CHAIN_VIDEO)
-    made = combine_videos(sources, tmp, fps)
-    if made is None:
-        return None
-    record = outcomes[-1].record  # what the last stage's details.json holds: the outcome has it in hand
-    chained = record.model_copy(deep=True)
-    chained.files.chain_video = CHAIN_VIDEO
-    chained.chain = [o.id for o in outcomes]
-    try:
-        tmp.replace(last / CHAIN_VIDEO)
-        write_record(last / DETAILS, chained)
-    except OSError as e:  # a full disk: the stages stay as they were, without a half-recorded chain video
-        tmp.unlink(missing_ok=True)
-        (last / CHAIN_VIDEO).unlink(missing_ok=True)
-        raise VqclipError(f"could not record the chain video in {last}: {e.strerror or e}; the stages are "
-                          "saved, free some disk space for the combined video") from None
-    outcomes[-1].record = chained
-    return last / CHAIN_VIDEO
-
 
 
 @dataclass
@@ -156,34 +127,48 @@ def plan_stages(cfg: RunConfig, then: list[str], stage_steps: int | None) -> Sta
     return StagePlan(cfg, prompts, stage_steps)
 
 
-def run_stages(plan: StagePlan, *, output_dir: Path, weights_dir: Path | None = None, download: bool = True,
-               trusted: list[Path] | None = None, should_stop: Callable[[], bool] | None = None,
+def run_stages(plan: StagePlan, *, output_dir: Path, inputs: Inputs | None = None,
+               should_stop: Callable[[], bool] | None = None,
                reporter_for: Callable[[int, int, str], Reporter] | None = None,
                on_outcome: Callable[[RunOutcome], None] | None = None) -> StagesResult:
-    """Run the stages in order; stop after a stage that was interrupted (it is saved, later ones are skipped).
-    `reporter_for(index, total, prompt)` gives each stage its reporter; `on_outcome` hears of each saved stage."""
-    from vqclip.pipeline.budget import release_device_cache
+    """Run the stages in order, the models loaded once for the whole chain; stop after a stage that was
+    interrupted (it is saved, later ones are skipped). The last stage made (the last planned, or the one
+    interrupted) also holds the chain video. `reporter_for(index, total, prompt)` gives each stage its reporter;
+    `on_outcome` hears of each saved stage."""
+    from vqclip.pipeline.cache import ModelCache
     from vqclip.pipeline.execute import execute
-    from vqclip.pipeline.resume import continue_run
+    from vqclip.pipeline.resume import continue_request, plan_continue
 
+    inputs = inputs or Inputs()
+    cache = ModelCache()
     outcomes: list[RunOutcome] = []
-    for i in range(plan.total):
-        rep = reporter_for(i, plan.total, plan.prompt(i)) if reporter_for else Reporter()
-        if i == 0:
-            out = execute(RunRequest(config=plan.first, output_dir=output_dir, weights_dir=weights_dir,
-                                     download=download, trusted=list(trusted or []), should_stop=should_stop), rep)
-        else:  # the previous stage's tensors are gone: hand its cached device memory back first
-            release_device_cache(outcomes[-1].record.device)
-            prev = outcomes[-1]
-            overrides: dict[str, Any] = {"prompt": plan.prompts[i - 1]}
-            if plan.stage_steps is not None:
-                overrides["steps"] = plan.stage_steps
-            out = continue_run(RunInfo.of(prev.path, prev.record), overrides, output_dir=output_dir,
-                               weights_dir=weights_dir, download=download, trusted=trusted,
-                               should_stop=should_stop, reporter=rep)
-        outcomes.append(out)
-        if on_outcome is not None:
-            on_outcome(out)
-        if out.status == "interrupted":
-            break
-    return StagesResult(outcomes, plan.total, write_chain_video(outcomes, plan.first.fps))
+    try:
+        for i in range(plan.total):
+            rep = reporter_for(i, plan.total, plan.prompt(i)) if reporter_for else Reporter()
+            last = i == plan.total - 1
+            if i == 0:
+                req = RunRequest(config=plan.first, output_dir=output_dir, inputs=inputs, should_stop=should_stop,
+                                 models_cache=cache)
+            else:
+                prev = outcomes[-1]
+                overrides: dict[str, Any] = {"prompt": plan.prompts[i - 1]}
+                if plan.stage_steps is not None:
+                    overrides["steps"] = plan.stage_steps
+                stage = plan_continue(RunInfo.of(prev.path, prev.record), overrides, inputs=inputs, reporter=rep)
+                for note in stage.notes:
+                    rep.note(note)
+                req = continue_request(stage, output_dir=output_dir, inputs=inputs, should_stop=should_stop,
+                                       models_cache=cache)
+                req.chain = list(outcomes)
+            req.last_stage = last
+            out = execute(req, rep)
+            outcomes.append(out)
+            if on_outcome is not None:
+                on_outcome(out)
+            if out.status == "interrupted":
+                break
+    finally:
+        cache.clear()
+    last_made = outcomes[-1] if outcomes else None
+    video = last_made.path / CHAIN_VIDEO if last_made is not None and last_made.record.files.chain_video else None
+    return StagesResult(outcomes, plan.total, video)

@@ -29,10 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from vqclip import files
 from vqclip.errors import VqclipError
 
-DETAILS = "details.json"
-IMAGE = "output.png"
-VIDEO = "anim.mp4"
-STATE = "state.pt"
+from vqclip.runfolder.names import DETAILS, IMAGE, STATE, VIDEO  # noqa: F401  (re-exported)
 SCHEMA = 1
 
 
@@ -158,6 +155,7 @@ class RunRecord(Section):
     finished: Optional[str] = None
     status: str = "unknown"  # finished | interrupted | failed
     error: Optional[str] = None  # a failed run: one line
+    engine: Optional[str] = None  # the engine that made it (vqclip.engines); older runs: see `engine_name`
     prompt: Optional[str] = None
     config: Optional[dict[str, Any]] = None  # RunConfig.model_dump(mode="json"); validated by `continue`
     seed: Optional[Int] = None  # the resolved seed
@@ -184,6 +182,11 @@ class RunRecord(Section):
     chain: Optional[list[str]] = None  # the last stage of a chain: every stage's id, in order
     animation: Optional[dict[str, Any]] = None  # an animation run: vqclip.animation.Animation, as JSON
     batch: Optional[dict[str, Any]] = None  # a run of `vqclip batch`: {"id": batch id, "row": row number}
+
+    @property
+    def engine_name(self) -> str:
+        """The engine that made the run; runs from before engines were recorded were VQGAN-CLIP ones."""
+        return self.engine or ("animation" if self.animation is not None else "vqgan")
 
 
 SECTIONS: dict[str, type[Section]] = {"timings": Timings, "weights": Weights, "clip": Clip, "files": Files,

@@ -15,8 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-TMP_PREFIX = ".tmp-"  # a run being written: `<output>/.tmp-<id>/`
-OWNER = ".owner"  # inside a temp run folder: {"pid", "host"} of the writer, which holds a lock on it
+from vqclip.runfolder.names import OWNER, TMP_PREFIX
 STALE_AFTER_S = 600.0  # a temp folder with no owner record counts as abandoned after this long without a write
 
 
