@@ -17,7 +17,7 @@ from vqclip.errors import VqclipError
 
 # Layout only (not a list of fields): these come first, open; every other RunConfig field goes under "More
 # settings", in RunConfig's own order, so a field added to RunConfig appears there by itself.
-MAIN = ("prompt", "image_prompts", "noise_prompts", "init_image", "width", "height", "steps", "seed", "model",
+MAIN = ("engine", "prompt", "image_prompts", "noise_prompts", "init_image", "width", "height", "steps", "seed", "model",
         "clip_model", "clip_pretrained")
 IMAGE_FIELDS = {"init_image": "image", "image_prompts": "images"}
 # Animation fields that are the state of a run (how far it got), not settings a user picks.
@@ -68,6 +68,10 @@ def form_spec(choices: dict[str, list[str]] | None = None) -> dict[str, Any]:
         spec["default"] = defaults.get(name, spec["default"])
         if choices and name in choices:
             spec["suggest"] = choices[name]
+        if name == "engine":  # every engine vqclip has, from its registry (animations: the Animate tab)
+            from vqclip.engines import ENGINES
+
+            spec["choices"] = [e for e in ENGINES if e != "animation"]
         run.append(spec)
     run.sort(key=lambda s: (s["group"] != "main", MAIN.index(s["name"]) if s["name"] in MAIN else 0))
     aprops = Animation.model_json_schema()["properties"]

@@ -52,11 +52,14 @@ def check_job(ctx: Context, kind: Any, values: Any, animation: Any = None, paren
     resolved, tokens = resolve_images(values, ctx.uploads, ctx.output_dir)
     if kind == "animate":
         anim = build_animation(animation if animation is not None else {})
-        resolved = {**resolved, "steps": anim.steps_per_frame}  # as `vqclip animate` does
+        resolved = {**resolved, "steps": anim.steps_per_frame, "engine": "animation"}  # as `vqclip animate` does
     else:
         anim = None
         if animation is not None:
             raise FormError("animation: only an animate job takes animation settings", {}, 400)
+        if resolved.get("engine") == "animation":
+            raise FormError("engine: animations are made from the Animate tab (they need its settings)",
+                            {"engine": "use the Animate tab"}, 400)
     cfg = build_run_config(resolved, allow_paths=ctx.allow_paths)
     return Checked(config=cfg, animation=anim, tokens=tuple(tokens), label=_label(cfg.prompt, cfg))
 
@@ -89,7 +92,7 @@ def _check_continue(ctx: Context, values: dict[str, Any], parent: Any, frames: A
     if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= 100_000):
         raise FormError("frames: give a number of frames to add from 1 to 100000", {"frames": "out of range"}, 400)
     if record.animation is not None:
-        if values:
+        if values and set(values) - {"device", "precision"}:
             raise FormError(f"{parent} is an animation: it goes on with its own settings; give only frames", {},
                             400)
         return Checked(parent=info, frames=frames, label=f"continue {parent}: " + _label(info.prompt))
@@ -114,38 +117,30 @@ def _check_continue(ctx: Context, values: dict[str, Any], parent: Any, frames: A
 
 def run_job(ctx: Context, kind: str, checked: Checked, *, device: str, cache: Any, reporter: Any,
             should_stop: Callable[[], bool]) -> Any:
-    """Run one checked job to its run folder; the RunOutcome."""
-    from vqclip.pipeline.animate import AnimateRequest, animate, extension_request
-    from vqclip.pipeline.execute import RunRequest, execute
+    """Run one checked job to its run folder (models from `cache`, kept for the next job); the RunOutcome."""
+    from vqclip.pipeline.animate import animation_request
+    from vqclip.pipeline.execute import execute
+    from vqclip.pipeline.request import Inputs, RunRequest
+    from vqclip.pipeline.resume import continue_run
+
+    inputs = Inputs(weights_dir=ctx.weights_dir, download=ctx.download)
 
     def on_device(cfg: Any) -> Any:  # a job left at "auto" runs on its worker's device
         return cfg.model_copy(update={"device": device}) if cfg.device == "auto" and device != "auto" else cfg
 
-    common = dict(weights_dir=ctx.weights_dir, download=ctx.download, should_stop=should_stop)
     if kind == "generate":
-        return execute(RunRequest(config=on_device(checked.config), output_dir=ctx.output_dir, models_cache=cache,
-                                  **common), reporter)
+        return execute(RunRequest(config=on_device(checked.config), output_dir=ctx.output_dir, inputs=inputs,
+                                  should_stop=should_stop, models_cache=cache), reporter)
     if kind == "animate":
-        return animate(AnimateRequest(config=on_device(checked.config), animation=checked.animation,
-                                      output_dir=ctx.output_dir, **common), reporter)
-    parent = checked.parent
-    if parent.checked().animation is not None:
-        req, notes = extension_request(parent, checked.frames, output_dir=ctx.output_dir,
-                                       device=None if device == "auto" else device, **common)
-        for note in notes:
-            reporter.note(note)
-        return animate(req, reporter)
-    from vqclip.pipeline.resume import continue_request, plan_continue
-
+        return execute(animation_request(on_device(checked.config), checked.animation, output_dir=ctx.output_dir,
+                                         inputs=inputs, should_stop=should_stop, models_cache=cache), reporter)
     overrides = dict(checked.overrides or {})
     if device != "auto" and "device" not in overrides:
         overrides["device"] = device
-    plan = plan_continue(parent, overrides, weights_dir=ctx.weights_dir, download=ctx.download, reporter=reporter)
-    for note in plan.notes:
-        reporter.note(note)
-    req = continue_request(plan, output_dir=ctx.output_dir, reporter=reporter, **common)
-    req.models_cache = cache
-    return execute(req, reporter)
+    animation = checked.parent.checked().animation is not None
+    return continue_run(checked.parent, overrides, output_dir=ctx.output_dir, inputs=inputs,
+                        should_stop=should_stop, reporter=reporter, models_cache=cache,
+                        extra={"frames": checked.frames} if animation else None)
 
 
 __all__ = ["Context", "Checked", "check_job", "run_job", "KINDS"]

@@ -50,7 +50,10 @@ def open_checked(data: bytes, what: str = "upload") -> Any:
         img = Image.open(io.BytesIO(data), formats=sorted(FORMATS))
     except UnidentifiedImageError:
         raise UploadError(f"{what} is not a PNG, JPEG or WebP image; send one of those", 415) from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:
+        raise UploadError(f"{what} claims more pixels than any image worth decoding (the most is {MAX_SIDE} per "
+                          f"side and {MAX_PIXELS // 10**6} megapixels in all); scale it down", 413) from None
+    except (OSError, ValueError) as e:
         raise UploadError(f"{what} cannot be read ({str(e)[:100]}); send a PNG, JPEG or WebP image", 415) from None
     w, h = img.size
     if w < 1 or h < 1 or w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
@@ -123,13 +126,17 @@ def png_parameters(data: bytes) -> dict[str, Any]:
         raise UploadError("not a PNG: settings travel in the PNG files vqclip writes (output.png)", 415)
     try:
         img = Image.open(io.BytesIO(data), formats=["PNG"])
-        w, h = img.size
-        if w * h > MAX_PIXELS:
-            raise UploadError(f"the image is {w}x{h} pixels, more than a run image can be", 413)
-        img.load()
-        text = dict(getattr(img, "text", {}) or {})
+        text = {k: v for k, v in img.info.items() if isinstance(v, str)}  # chunks before the pixels
+        if "parameters" not in text:  # maybe after them: decode, within bounds
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise UploadError(f"the image is {w}x{h} pixels, more than a run image can be", 413)
+            img.load()
+            text = dict(getattr(img, "text", {}) or {})
     except UploadError:
         raise
+    except Image.DecompressionBombError:
+        raise UploadError("the PNG claims more pixels than a run image can have", 413) from None
     except Exception as e:  # Pillow raises many types for damaged files
         raise UploadError(f"the PNG cannot be read ({str(e)[:100]})", 415) from None
     raw = text.get("parameters")
