@@ -390,3 +390,87 @@ def test_event_stream_snapshot_and_broadcast() -> None:
     got = asyncio.run(scenario())
     text = b"".join(got).decode()
     assert text.count("event: queue") == 2 and text.count('event: progress\ndata: {"step":1}') == 2
+
+
+# ------------------------------------------------------------------------------------- the command itself
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _vqclip() -> list[str]:
+    import shutil
+    import sys
+
+    exe = Path(sys.executable).with_name("vqclip")
+    return [str(exe)] if exe.exists() else [shutil.which("vqclip") or "vqclip"]
+
+
+def _get(url: str, method: str = "GET", body: Any = None) -> Any:
+    import urllib.request
+
+    req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"content-type": "application/json"} if body is not None else {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def test_command_sigterm_saves_running_job_and_keeps_queue(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """The installed `vqclip serve`: prints the URL; SIGTERM mid-job → the job finishes its step and is saved
+    as interrupted, the queued job is kept for the next start, exit 143, no traceback."""
+    import os
+    import signal
+    import subprocess
+
+    port, out = _free_port(), tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([*_vqclip(), "serve", "--port", str(port), "--output", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == f"vqclip serve: http://127.0.0.1:{port}/", line
+        base = f"http://127.0.0.1:{port}"
+        _get(base + "/api/jobs", "POST", {"config": tiny(tiny_models, steps=100_000, prompt="long")})
+        _get(base + "/api/jobs", "POST", {"config": tiny(tiny_models, prompt="kept"), "run": False})
+        end = time.time() + 120
+        while time.time() < end:
+            running = _get(base + "/api/jobs")["running"]
+            if running and running[0]["progress"].get("step", 0) >= 1:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "Terminated." in err
+    runs = [p for p in out.iterdir() if p.name[0].isdigit()]
+    assert len(runs) == 1 and json.loads((runs[0] / "details.json").read_text())["status"] == "interrupted"
+    kept = json.loads((out / ".serve" / "queue.json").read_text())["jobs"]
+    assert [j["label"] for j in kept] == ["kept"]
+
+
+def test_command_errors_are_one_line(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        cases = [(["--port", str(port)], 1, "in use"), (["--token", "short"], 2, "--token"),
+                 (["--device", "gpu7"], 2, "--device"), (["--port", "70000"], 2, "--port"),
+                 (["--host", "no.such.host.invalid"], 1, "--host")]
+        (tmp_path / "file").write_text("x")
+        cases.append((["--output", str(tmp_path / "file")], 1, "output folder"))
+        for args, code, words in cases:
+            done = subprocess.run([*_vqclip(), "serve", *args], capture_output=True, text=True, timeout=60,
+                                  cwd=tmp_path)
+            lines = done.stderr.strip().splitlines()
+            assert done.returncode == code and len(lines) == 1 and words in lines[0], (args, done.stderr)
