@@ -252,7 +252,7 @@ def test_interrupted_chain_stops_and_exits_130(tiny_models, tmp_path, monkeypatc
 def test_combined_video_of_stages_of_different_sizes(tmp_path):
     import imageio.v2 as imageio
 
-    from vqclip.pipeline.stages import combine_videos
+    from vqclip.pipeline.chainvideo import combine_videos
     from vqclip.pipeline.media import VideoWriter
 
     sources = []

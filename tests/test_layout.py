@@ -24,13 +24,19 @@ from typing import Callable
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "vqclip"
 MAX_LINES = 400
-CLI = ("vqclip.cli", "vqclip.commands", "vqclip.__main__")  # `python -m vqclip` is the CLI too
-PIPELINE = ("vqclip.pipeline", "vqclip.batch")  # `vqclip batch` drives the pipeline: the same rules
+# The front ends: the command line (`python -m vqclip` too) and the web UI.
+CLI = ("vqclip.cli", "vqclip.commands", "vqclip.__main__", "vqclip.serve")
+# The run skeleton and what drives or serves it: `vqclip batch` drives the pipeline; the engines' modules
+# (vqclip.engines.*, a trailing dot: the registry `vqclip.engines` itself is a plain library module) run in it.
+PIPELINE = ("vqclip.pipeline", "vqclip.batch", "vqclip.engines.")
+SKELETON = ("vqclip.pipeline.execute", "vqclip.pipeline.stages", "vqclip.pipeline.resume", "vqclip.batch")
 BENCH = ("vqclip.bench",)  # scripts/bench.py and scripts/gpu_check.py: above the pipeline, beside the CLI
 
 
 def _under(module: str, prefixes: tuple[str, ...]) -> bool:
-    return any(module == p or module.startswith(p + ".") for p in prefixes)
+    """`module` is one of `prefixes` or inside one (a prefix ending in a dot: inside it only)."""
+    return any(module.startswith(p) if p.endswith(".") else (module == p or module.startswith(p + "."))
+               for p in prefixes)
 
 
 def _module_name(path: Path) -> str:
@@ -169,6 +175,12 @@ def test_the_library_never_imports_the_cli_or_the_pipeline():
 def test_nothing_imports_the_benchmarks_and_they_never_import_the_cli():
     assert "vqclip.pipeline.load" in imports()["vqclip.bench.common"]  # the bench loads runs as a run does
     bad = _forbidden(lambda m: not _under(m, BENCH), BENCH) + _forbidden(lambda m: _under(m, BENCH), CLI)
+    assert not bad, "\n".join(bad)
+
+
+def test_engines_never_import_the_run_skeleton():
+    """An engine is driven by the skeleton; it never drives runs itself (nor batches, nor the chain)."""
+    bad = _forbidden(lambda m: _under(m, ("vqclip.engines",)), SKELETON)
     assert not bad, "\n".join(bad)
 
 

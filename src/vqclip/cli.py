@@ -18,7 +18,7 @@ from vqclip.errors import Terminated, shorten
 # pay for what they import (the weights code, the run records and pydantic, the gallery's templates).
 LAZY_GROUPS = {
     "weights": ("vqclip.commands.weights", "List, download, verify and remove VQGAN weights."),
-    "runs": ("vqclip.commands.runs", "List, inspect and clean up run folders."),
+    "runs": ("vqclip.commands.runs_show", "List, inspect and clean up run folders."),
     "gallery": ("vqclip.commands.gallery", "Build a static, offline HTML gallery of runs."),
 }
 

@@ -175,7 +175,7 @@ def _chain_video(req: RunRequest, folder: RunFolder, video: Path | None, status:
     the whole chain as one video, in this run's folder. Returns the chain's run ids when the video was made."""
     if not req.chain or not (req.last_stage or status == "interrupted"):
         return []
-    from vqclip.pipeline.stages import combine_videos
+    from vqclip.pipeline.chainvideo import combine_videos
 
     sources = [o.path / VIDEO for o in req.chain if (o.path / VIDEO).is_file()]
     if video is not None:
