@@ -16,8 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vqclip.batch import rows as R
-from vqclip.cli import app
 from vqclip.errors import VqclipError
+from clihelp import invoke
 
 runner = CliRunner()
 VQCLIP = shutil.which("vqclip") or str(Path(sys.executable).parent / "vqclip")
@@ -27,12 +27,6 @@ def tiny(t: dict, out: Path, *extra: str, steps: str = "2") -> list[str]:
     return ["--model", str(t["vqgan_yaml"]), "--clip-model", str(t["clip_json"]),
             "--clip-pretrained", str(t["clip_ckpt"]), "--size", "16x16", "--cutn", "2", "--steps", steps,
             "--save-every", "0", "--output-dir", str(out), *extra]
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def finished_runs(out: Path) -> list[dict]:

@@ -17,26 +17,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from vqclip.cli import app
+from clihelp import invoke, tiny_args
 
 runner = CliRunner()
 VQCLIP = shutil.which("vqclip") or str(Path(sys.executable).parent / "vqclip")
 
 
-def tiny_args(t: dict, out: Path, *extra: str) -> list[str]:
-    return ["--model", str(t["vqgan_yaml"]), "--clip-model", str(t["clip_json"]),
-            "--clip-pretrained", str(t["clip_ckpt"]), "--size", "32x32", "--cutn", "4", "--steps", "4",
-            "--save-every", "2", "--output-dir", str(out), *extra]
-
-
 def run_dirs(out: Path) -> list[Path]:
     return sorted(p for p in out.iterdir()) if out.exists() else []
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def test_generate_writes_a_complete_run_folder(tiny_models, tmp_path):

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from typer.testing import CliRunner
 
 from vqclip.cli import app
 from vqclip.pipeline.execute import Reporter
+from clihelp import Frames, details
 
 pytestmark = pytest.mark.gpu
 runner = CliRunner()
@@ -45,25 +44,6 @@ def tiny_config(t: dict, **values: object):
             "clip_pretrained": str(t["clip_ckpt"]), "width": 32, "height": 32, "cutn": 4, "steps": 2,
             "save_every": 1, "seed": 11, "precision": "fp32"}
     return build_config(None, {**base, **values})
-
-
-def details(run: Path) -> dict:
-    return json.loads((run / "details.json").read_text())
-
-
-class Frames(Reporter):
-    """Collects the frames a run reports (the first is the latent it starts from) and its notes."""
-
-    def __init__(self) -> None:
-        self.frames: list[torch.Tensor] = []
-        self.notes: list[str] = []
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
-
-    def step(self, info) -> None:
-        if info.frame is not None:
-            self.frames.append(info.frame)
 
 
 def expected_auto() -> str:
