@@ -6,19 +6,111 @@ folder's files back as bytes; the driver writes them as a run folder (under a te
 by `RunFolder`) and only then records the row as done. An actor or node that is lost loses only the run it had in
 progress: that row goes back to the queue and a fresh actor takes the lost one's place.
 
+Joining a cluster has a deadline (`--ray-timeout`, or VQCLIP_RAY_TIMEOUT; 30 s by default): the address is checked
+first (a malformed one is a usage error), a closed port is refused at once, and a cluster that does not answer
+fails when the deadline passes, naming the address (Ray's own connect retries for minutes).
+
 Ray is optional: `pip install 'vqclip[ray]'`.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from vqclip.errors import VqclipError
+from vqclip.errors import UsageError, VqclipError, one_line
 
 INSTALL = "--ray needs Ray, which is not installed; install it with: pip install 'vqclip[ray]'"
+TIMEOUT_ENV = "VQCLIP_RAY_TIMEOUT"
+DEFAULT_TIMEOUT = 30.0
+_HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\]", re.ASCII)
+_ADDRESS_HELP = "write auto, local, HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT (Ray Client, e.g. port 10001)"
+
+
+def check_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of a Ray address, None for `auto`/`local`; a malformed address is a UsageError."""
+    text = address.strip()
+    if text in ("auto", "local"):
+        return None
+    shown = text if len(text) <= 80 else text[:80] + "…"
+    rest = text[len("ray://"):] if text.startswith("ray://") else text
+    host, sep, port = rest.rpartition(":")
+    if len(text) > 300 or not sep or not _HOST.fullmatch(host) or not port.isascii() or not port.isdigit() \
+            or len(port) > 5 or not 1 <= int(port) <= 65535:
+        raise UsageError(f"--ray {shown!r} is not a Ray address; {_ADDRESS_HELP}")
+    return host.strip("[]"), int(port)
+
+
+def _probe(address: str, host: str, port: int, timeout: float) -> None:
+    """A TCP connect to the cluster's port: a closed port or an unknown host fails now, not after Ray's retries."""
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=max(0.1, timeout)).close()
+    except socket.gaierror:
+        raise VqclipError(f"cannot join the Ray cluster at {address}: the host {host} is not known; check the "
+                          "--ray address") from None
+    except (TimeoutError, socket.timeout):
+        raise _no_answer(address, timeout) from None
+    except OSError as e:
+        raise VqclipError(f"cannot join the Ray cluster at {address}: {e.strerror or type(e).__name__}; is "
+                          "`ray start --head` running there? Check the --ray address") from None
+
+
+def probe(address: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """A closed port or unknown host behind `--ray ADDRESS` fails now, before a batch folder is made."""
+    target = check_address(address)
+    if target is not None:
+        _probe(address, *target, timeout)
+
+
+def _no_answer(address: str, timeout: float) -> VqclipError:
+    return VqclipError(f"the Ray cluster at {address} did not answer within {timeout:g} s; check the --ray address "
+                       f"(is `ray start --head` running there?), or wait longer with --ray-timeout or {TIMEOUT_ENV}")
+
+
+def connect(ray: Any, address: str | None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """`ray.init` for the batch driver, within `timeout` seconds when joining a cluster (starting a local one,
+    `local`, has no deadline). The command's Ctrl-C/SIGTERM handlers are kept."""
+    import logging
+    import threading
+    import time
+
+    options = {"include_dashboard": False, "log_to_driver": False}
+    if address in (None, "local"):
+        init_keeping_signals(ray, address=None, **options)
+        return
+    deadline = time.monotonic() + timeout
+    target = check_address(address)
+    if target is not None:
+        _probe(address, *target, timeout)
+    outcome: dict[str, BaseException | None] = {}
+
+    def join() -> None:  # in a thread: Ray's own connect waits far longer than any deadline
+        try:
+            ray.init(address=address, **options)
+            outcome["error"] = None
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = e
+
+    logger = logging.getLogger("ray")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # not "SIGTERM handler is not set…": the command keeps its own handlers
+    try:
+        thread = threading.Thread(target=join, name="vqclip-ray-connect", daemon=True)
+        thread.start()
+        thread.join(max(0.1, deadline - time.monotonic()))
+    finally:
+        logger.setLevel(level)
+    if thread.is_alive() or "error" not in outcome:
+        raise _no_answer(address, timeout)
+    error = outcome["error"]
+    if error is not None:
+        raise VqclipError(f"cannot join the Ray cluster at {address}: {one_line(error, typed=False)}; check the "
+                          "--ray address") from None
 
 
 def require_ray() -> Any:
@@ -100,12 +192,12 @@ class RayBackend:
     """Actors on a Ray cluster (joined at `address`: "auto", "ray://host:10001", host:port; "local" starts one
     here). A driver that is already connected (`ray.is_initialized()`) uses that connection."""
 
-    def __init__(self, address: str | None, workers: int | None, output_dir: Path) -> None:
+    def __init__(self, address: str | None, workers: int | None, output_dir: Path,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
         ray = self.ray = require_ray()
         self.owns = not ray.is_initialized()
         if self.owns:
-            init_keeping_signals(ray, address=None if address in (None, "local") else address,
-                                 include_dashboard=False, log_to_driver=False)
+            connect(ray, address, timeout)
         self.output_dir = Path(output_dir)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -163,4 +255,5 @@ class RayBackend:
             self.ray.shutdown()
 
 
-__all__ = ["RayBackend", "RunActor", "require_ray", "write_run", "INSTALL"]
+__all__ = ["RayBackend", "RunActor", "require_ray", "write_run", "connect", "check_address", "probe", "INSTALL",
+           "TIMEOUT_ENV", "DEFAULT_TIMEOUT"]
