@@ -17,11 +17,12 @@ from typing import Any
 from vqclip.runfolder.record import Files
 from vqclip.runs import RunInfo
 
-CARD_VERSION = 6  # bump when card fields or coercion change: cached cards are then rebuilt
+CARD_VERSION = 7  # bump when card fields or coercion change: cached cards are then rebuilt
 
 # Every card has these; a cached card without one of them (a hand-edited cache) is made afresh.
 CARD_KEYS = frozenset({"id", "prompt", "model", "clip", "w", "h", "steps", "planned", "seed", "status", "error",
-                       "date", "iso", "seconds", "parent", "root", "stage", "declared", "frames", "score"})
+                       "date", "iso", "seconds", "parent", "root", "stage", "declared", "frames", "score",
+                       "batch"})
 
 MAX_PROMPT = 4000  # a pasted novel should not make a 2,000-run page heavy
 MAX_LABEL = 120
@@ -133,7 +134,16 @@ def card_from_run(run: RunInfo) -> dict[str, Any]:
         "declared": _declared_files(r.files),
         "frames": _frames_done(r.animation),
         "score": _score(r.score),
+        "batch": _batch(r.batch),
     }
+
+
+def _batch(tag: Any) -> str | None:
+    """`<batch id> row <n>` for a run of `vqclip batch` (details.json "batch"); None otherwise or when odd."""
+    if not isinstance(tag, dict) or not isinstance(tag.get("row"), int) or isinstance(tag.get("row"), bool):
+        return None
+    bid = as_text(tag.get("id"), 60)
+    return f"{bid} row {tag['row']}" if bid else None
 
 
 def _score(score: Any) -> float | None:

@@ -78,7 +78,7 @@
   }
   function metaText(r) {
     return [str(r.model), sizeText(r), framesText(r), stepsText(r), str(r.seed) ? "seed " + str(r.seed) : "",
-      scoreText(r), str(r.date)].filter(Boolean).join(" · ");
+      scoreText(r), str(r.batch) ? "batch " + str(r.batch) : "", str(r.date)].filter(Boolean).join(" · ");
   }
 
   function mediaFor(r, id) {
