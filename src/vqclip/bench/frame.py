@@ -41,7 +41,7 @@ def frame_row(args: argparse.Namespace, device: Any, spec: Any) -> dict[str, Any
     from vqclip.engine.precision import choose_precision
     from vqclip.engine.warp import warp
     from vqclip.pipeline import memory
-    from vqclip.pipeline.animate import _encode
+    from vqclip.engines.animation import _encode
 
     w, h = FRAME_SIZE
 

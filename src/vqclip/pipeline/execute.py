@@ -180,8 +180,14 @@ def _chain_video(req: RunRequest, folder: RunFolder, video: Path | None, status:
     sources = [o.path / VIDEO for o in req.chain if (o.path / VIDEO).is_file()]
     if video is not None:
         sources.append(video)
-    if not sources or combine_videos(sources, folder.file(CHAIN_VIDEO), req.config.fps) is None:
-        rep.note("no chain video (no stage made a progress video)")
+    why = "no stage made a progress video"
+    try:
+        made = combine_videos(sources, folder.file(CHAIN_VIDEO), req.config.fps) if sources else None
+    except Exception as e:  # an unreadable stage video costs the chain video, never the stage itself
+        made, why = None, one_line(e)
+    if made is None:
+        folder.file(CHAIN_VIDEO).unlink(missing_ok=True)
+        rep.note(f"no chain video ({why})")
         return []
     return [*(o.id for o in req.chain), folder.id]
 
