@@ -40,3 +40,26 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+# ------------------------------------------------------------------------ seconds per test file (every run)
+_SECONDS_PER_FILE: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Setup, call and teardown of every test, summed per test file."""
+    path = report.nodeid.split("::", 1)[0]
+    _SECONDS_PER_FILE[path] = _SECONDS_PER_FILE.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """A table of the seconds each test file took, slowest first, after every run (CI's log shows where the time
+    goes)."""
+    if not _SECONDS_PER_FILE:
+        return
+    rows = sorted(_SECONDS_PER_FILE.items(), key=lambda kv: (-kv[1], kv[0]))
+    width = max(len(path) for path, _ in rows)
+    terminalreporter.write_sep("-", "seconds per test file")
+    for path, seconds in rows:
+        terminalreporter.write_line(f"{path:<{width}}  {seconds:8.1f}")
+    terminalreporter.write_line(f"{'total':<{width}}  {sum(_SECONDS_PER_FILE.values()):8.1f}")
