@@ -225,3 +225,25 @@ def test_other_files_are_named_or_refused(tmp_path) -> None:
         load_unet(evil, TINY_UNET)
     with pytest.raises(VqclipError, match="not found"):
         load_secondary(tmp_path / "missing.pth")
+
+
+def test_registry_rows_name_the_presets() -> None:
+    from vqclip.weights.registry import DIFFUSION_WEIGHTS, WEIGHTS
+
+    assert not set(DIFFUSION_WEIGHTS) & set(WEIGHTS)  # the VQGAN table (and its commands) is unchanged
+    unets = {n for n, s in DIFFUSION_WEIGHTS.items() if s.family == "diffusion"}
+    assert unets == set(PRESETS)
+    sec = DIFFUSION_WEIGHTS["secondary_model_imagenet_2"]
+    assert sec.family == "secondary" and sec.sha256 and sec.sha256.startswith("983e3de6")
+    assert DIFFUSION_WEIGHTS["256x256_diffusion_uncond"].sha256.endswith("78b1")
+    assert DIFFUSION_WEIGHTS["512x512_diffusion"].sha256 is None  # trusted on first use
+    assert all(s.filename and s.urls[0].startswith("https://") for s in DIFFUSION_WEIGHTS.values())
+
+
+def test_the_package_never_imports_the_reference() -> None:
+    from pathlib import Path
+
+    import vqclip
+
+    hits = [p.name for p in Path(vqclip.__file__).parent.rglob("*.py") if "guided_diffusion" in p.read_text()]
+    assert not hits

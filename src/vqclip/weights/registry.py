@@ -14,7 +14,8 @@ from typing import Mapping
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """One downloadable VQGAN checkpoint. The yaml ships in the package when `model_yamls/NAME.yaml` exists."""
+    """One downloadable checkpoint: a VQGAN (its yaml ships in the package when `model_yamls/NAME.yaml` exists)
+    unless `family` names a diffusion model."""
 
     name: str
     description: str  # dataset and the look it gives
@@ -26,6 +27,8 @@ class WeightSpec:
     yaml_urls: tuple[str, ...] = ()  # only used when no yaml ships in the package
     license: str = ""
     approx_size: int | None = None  # for display when the exact size is unknown
+    family: str = "vqgan"  # "vqgan", or "diffusion" / "secondary" (engine.diffusion; no yaml, a plain state dict)
+    filename: str | None = None  # the published file name, for the families that keep it (diffusion models)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -134,6 +137,57 @@ _REGISTRY: tuple[WeightSpec, ...] = (
 )
 
 WEIGHTS: dict[str, WeightSpec] = {spec.name: spec for spec in _REGISTRY}
+
+# CLIP-guided diffusion: OpenAI's ADM U-Nets and Katherine Crowson's secondary model (plain state dicts). Sizes
+# are approximate (float32 parameters); rows without a sha256 are trusted on first use like the VQGAN rows.
+OPENAI_DIFFUSION = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
+V_DIFFUSION = "https://v-diffusion.s3.us-west-2.amazonaws.com"
+_GUIDED_LICENSE = "OpenAI guided-diffusion release (MIT); trained on ImageNet, whose terms of access apply"
+_DIFFUSION: tuple[WeightSpec, ...] = (
+    WeightSpec(
+        name="256x256_diffusion_uncond",
+        description="OpenAI ImageNet 256x256, unconditional: the original app's diffusion model",
+        architecture="ADM U-Net, 256 ch, 2 res blocks, attention 32/16/8, learned sigmas (552.8 M params)",
+        size=None, approx_size=2_211_300_000,
+        sha256="a37c32fffd316cd494cf3f35b339936debdc1576dad13fe57c42399a5dbc78b1",
+        url=f"{OPENAI_DIFFUSION}/256x256_diffusion_uncond.pt",
+        license=_GUIDED_LICENSE, family="diffusion", filename="256x256_diffusion_uncond.pt",
+    ),
+    WeightSpec(
+        name="512x512_diffusion_uncond_finetune_008100",
+        description="ImageNet 512x512, fine-tuned unconditional (Katherine Crowson): Disco Diffusion's model",
+        architecture="ADM U-Net at 512, channel mult 0.5-4, no class embedding (558.0 M params)",
+        size=None, approx_size=2_231_950_000,
+        sha256="9c111ab89e214862b76e1fa6a1b3f1d329b1a88281885943d2cdbe357ad57648",
+        url=f"{V_DIFFUSION}/512x512_diffusion_uncond_finetune_008100.pt",
+        mirrors=("https://huggingface.co/lowlevelware/512x512_diffusion_unconditional_ImageNet/resolve/main/"
+                 "512x512_diffusion_uncond_finetune_008100.pt",
+                 "https://the-eye.eu/public/AI/models/512x512_diffusion_unconditional_ImageNet/"
+                 "512x512_diffusion_uncond_finetune_008100.pt"),
+        license=_GUIDED_LICENSE + "; fine-tune by Katherine Crowson (MIT)", family="diffusion",
+        filename="512x512_diffusion_uncond_finetune_008100.pt",
+    ),
+    WeightSpec(
+        name="512x512_diffusion",
+        description="OpenAI ImageNet 512x512, class-conditional (a random class each step when unguided by one)",
+        architecture="ADM U-Net at 512 with a 1000-class label embedding (559.0 M params)",
+        size=None, approx_size=2_236_050_000, sha256=None,
+        url=f"{OPENAI_DIFFUSION}/512x512_diffusion.pt",
+        license=_GUIDED_LICENSE, family="diffusion", filename="512x512_diffusion.pt",
+    ),
+    WeightSpec(
+        name="secondary_model_imagenet_2",
+        description="Katherine Crowson's small v-objective model: cheaper guidance gradients, some loss of quality",
+        architecture="SecondaryDiffusionImageNet2, 64 base channels, cosine time (13.8 M params)",
+        size=None, approx_size=55_400_000,
+        sha256="983e3de6f95c88c81b2ca7ebb2c217933be1973b1ff058776b970f901584613a",
+        url=f"{V_DIFFUSION}/secondary_model_imagenet_2.pth",
+        mirrors=("https://the-eye.eu/public/AI/models/v-diffusion/secondary_model_imagenet_2.pth",),
+        license="v-diffusion (Katherine Crowson, MIT); trained on ImageNet, whose terms of access apply",
+        family="secondary", filename="secondary_model_imagenet_2.pth",
+    ),
+)
+DIFFUSION_WEIGHTS: dict[str, WeightSpec] = {spec.name: spec for spec in _DIFFUSION}
 
 
 def table(registry: Mapping[str, WeightSpec] | None = None) -> Mapping[str, WeightSpec]:
