@@ -163,9 +163,11 @@ def test_make_watch_stop_browse_queue(server: dict[str, Any], page: Any, tiny_mo
     pg.click("#enqueue")
     pg.wait_for_function("() => document.querySelectorAll('#queue-list li.job').length === 2")
     pg.wait_for_function("() => document.getElementById('now-label').textContent.includes('job A') && "
-                         "document.getElementById('stats').textContent.startsWith('step ')")
-    pg.wait_for_function("() => Number(document.getElementById('preview').dataset.version || 0) >= 2")
+                         "Number(document.getElementById('stats').textContent.split(' ')[1]) >= 2 && "
+                         "!document.getElementById('preview').hidden")
     ARTIFACTS.mkdir(exist_ok=True)  # the README's picture: a job running, two queued, a run in the gallery
+    pg.evaluate("window.scrollTo(0, 0)")
+    pg.wait_for_timeout(200)
     pg.screenshot(path=str(ARTIFACTS / "serve.png"))
     pg.click("#skip")
     pg.wait_for_function("() => document.querySelectorAll('#history li.job[data-status=finished]').length >= 2",

@@ -296,11 +296,14 @@
     $("restored").hidden = !(s.restored > 0 && s.paused && s.queue.length);
     $("restored-text").textContent = s.queue.length + " job(s) kept from the last session are waiting.";
     var r = s.running[0];
+    if (r && r.id !== state.current) { $("preview").hidden = true; $("bar").value = 0; }  // a new job: its own preview
+    state.current = r ? r.id : null;
     document.body.dataset.running = r ? "yes" : "no";
     $("idle").hidden = !!r || !$("preview").hidden;
     $("now-label").textContent = r ? (r.status === "loading" ? "Loading models for: " : "Running: ") + (r.label || "") : "";
     if (r && r.progress && r.progress.total) onProgress(Object.assign({ job: r.id, run: r.run }, r.progress));
     if (!r) $("stats").textContent = "";
+    else if (r.status === "loading") $("stats").textContent = "loading models…";
   }
   function fmt(s) {
     if (s === null || s === undefined || !isFinite(s)) return "…";
