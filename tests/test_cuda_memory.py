@@ -384,7 +384,7 @@ def test_explicit_cuda_on_an_unusable_gpu_is_one_line(old_gpu, monkeypatch, reas
 
 
 def test_pipeline_notes_the_fallback(tiny_models, tmp_path, old_gpu, released, monkeypatch):
-    real_pick = engine.pick_device
+    real_pick = devices.pick_device
 
     def pick(*a, **k):  # the GPU is seen while choosing; the run itself (Adam asks too) then sees none
         try:
@@ -392,7 +392,7 @@ def test_pipeline_notes_the_fallback(tiny_models, tmp_path, old_gpu, released, m
         finally:
             monkeypatch.setattr(torch.cuda, "is_available", CUDA_IS_AVAILABLE)
 
-    monkeypatch.setattr(engine, "pick_device", pick)
+    monkeypatch.setattr(devices, "pick_device", pick)
     rep = Notes()
     outcome = pipeline.execute(pipeline.RunRequest(config=tiny_config(tiny_models, steps=1, device="auto"),
                                                    output_dir=tmp_path / "out", inputs=Inputs(download=False)), rep)

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from vqclip import __version__
-from vqclip.errors import Terminated, shorten
+from vqclip.errors import stop_exception, shorten
 
 
 # Command groups imported only when one of them runs: `vqclip --help` lists them from these lines, so it does not
@@ -116,10 +116,9 @@ def _interrupt(signum: int, frame: Any) -> None:
         _PENDING[:] = [signum]
         signal.setitimer(signal.ITIMER_REAL, _RETRY_S)
         return
-    if signum == signal.SIGTERM:
+    if signum != signal.SIGINT:
         _TERMINATED.append(signum)
-        raise Terminated
-    raise KeyboardInterrupt
+    raise stop_exception(signum)
 
 
 def _retry(alarm: int, frame: Any) -> None:
@@ -173,7 +172,8 @@ def main() -> None:
     if sys.argv[1:] == ["--version"]:
         print(f"vqclip {__version__}")
         return
-    handled = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGALRM] if hasattr(signal, "SIGALRM") else [])
+    handled = [signal.SIGINT, signal.SIGTERM] + [getattr(signal, name) for name in ("SIGHUP", "SIGALRM")
+                                                 if hasattr(signal, name)]
     previous = {sig: signal.signal(sig, _retry if sig == getattr(signal, "SIGALRM", None) else _interrupt)
                 for sig in handled}  # SIGTERM unwinds like Ctrl-C: temp folders go
     try:
@@ -184,14 +184,14 @@ def main() -> None:
         common = sys.modules.get("vqclip.commands.common")
         said = bool(getattr(common, "STOP_REPORTED", None))  # "Interrupted." printed by the command already
     except KeyboardInterrupt as e:  # before a command's own handler is in place (imports, argument parsing)
-        code, said = (143 if isinstance(e, Terminated) else 130), False
+        code, said = getattr(e, "exit_code", 130), False
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if code == 130 and _TERMINATED:  # a SIGTERM that Typer caught as a KeyboardInterrupt while parsing
-        code = 143
-    if code in (130, 143) and not said:
-        print("Terminated." if code == 143 else "Interrupted.", file=sys.stderr)
+    if code == 130 and _TERMINATED:  # a SIGTERM/SIGHUP that Typer caught as a KeyboardInterrupt while parsing
+        code = getattr(stop_exception(_TERMINATED[-1]), "exit_code", 143)
+    if code in (129, 130, 143) and not said:
+        print({143: "Terminated.", 129: "Hung up."}.get(code, "Interrupted."), file=sys.stderr)
     sys.exit(code)
 
 

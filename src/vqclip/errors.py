@@ -52,6 +52,31 @@ class UnsafeCheckpoint(VqclipError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would raise KeyboardInterrupt: the same clean stop, exit code 143."""
 
+    exit_code = 143
+
+
+class HungUp(KeyboardInterrupt):
+    """SIGHUP (the terminal or SSH session closed), raised where Ctrl-C would raise KeyboardInterrupt: the same
+    clean stop, exit code 129."""
+
+    exit_code = 129
+
+
+def stop_exception(signum: int) -> type[KeyboardInterrupt]:
+    """What a stop signal raises where Ctrl-C raises KeyboardInterrupt (exit 130)."""
+    import signal
+
+    if signum == signal.SIGTERM:
+        return Terminated
+    if signum == getattr(signal, "SIGHUP", None):
+        return HungUp
+    return KeyboardInterrupt
+
+
+def stop_code(signum: int | None) -> int:
+    """The exit code after a stop by `signum`: 143 SIGTERM, 129 SIGHUP, else 130 (Ctrl-C)."""
+    return int(getattr(stop_exception(signum) if signum is not None else KeyboardInterrupt, "exit_code", 130))
+
 
 def interruption(exc: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C (or SIGTERM) hidden in `exc`'s causes, when a library wrapped it in its own error type (as

@@ -103,6 +103,11 @@ class RunInfo:
     def has_state(self) -> bool:
         return is_plain_file(self.path / STATE)
 
+    @property
+    def has_image(self) -> bool:
+        """output.png is there as a regular file (a symlink in its place is not followed)."""
+        return is_plain_file(self.path / IMAGE)
+
 
 def read_run(folder: Path) -> RunInfo:
     """The run in `folder` (details.json a regular file, never followed through a symlink)."""

@@ -3,21 +3,39 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 from typing import Any, Callable, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
-from vqclip.errors import Terminated, VqclipError
+from vqclip.errors import HungUp, Terminated, VqclipError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-out_console = Console(highlight=False, soft_wrap=True)
+PIPED_WIDTH = 100_000  # columns when the output is a file or a pipe: a line is never wrapped for a terminal
+
+
+class _Console(Console):
+    """Rich's console, except that output going to a file or a program (`vqclip batch --dry-run > rows.txt`) is
+    not wrapped at 80 columns, or at the width of a terminal that another stream is on: a table keeps one line per
+    row. COLUMNS, when set, still decides."""
+
+    def _size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)  # type: ignore[attr-defined]
+        if self._width is None and "COLUMNS" not in getattr(self, "_environ", os.environ) and not self.is_terminal:
+            return ConsoleDimensions(PIPED_WIDTH, size.height)
+        return size
+
+    size = property(_size, Console.size.fset)  # type: ignore[assignment]
+
+
+err_console = _Console(stderr=True, highlight=False, soft_wrap=True)
+out_console = _Console(highlight=False, soft_wrap=True)
 
 
 # C0/C1 controls (ESC starts terminal sequences; a newline would break the one line), DEL, lone surrogates,
@@ -62,10 +80,10 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except VqclipError as e:
             raise fail(e.message, e.exit_code) from None
-        except Terminated:
-            STOP_REPORTED.append(143)
-            err_console.print("Terminated.", markup=False)
-            raise typer.Exit(143) from None
+        except (Terminated, HungUp) as e:
+            STOP_REPORTED.append(e.exit_code)
+            err_console.print("Terminated." if isinstance(e, Terminated) else "Hung up.", markup=False)
+            raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             STOP_REPORTED.append(130)
             err_console.print("Interrupted.", markup=False)

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import typer
 
 from vqclip.commands.common import err_console, out_console, safe
-from vqclip.errors import Terminated
+from vqclip.errors import stop_code, stop_exception
 from vqclip.pipeline.execute import Reporter
 
 
@@ -90,9 +90,9 @@ class RichReporter(Reporter):
 
 
 class StopOnInterrupt:
-    """First Ctrl-C or SIGTERM: finish the current step, then save a partial run. A second one: abort at once
-    (KeyboardInterrupt, or Terminated for SIGTERM), saving nothing. `exit_code` is 130 after Ctrl-C, 143 after
-    SIGTERM.
+    """First Ctrl-C, SIGTERM or SIGHUP: finish the current step, then save a partial run. A second one: abort at
+    once (KeyboardInterrupt; Terminated for SIGTERM, HungUp for SIGHUP), saving nothing. `exit_code` is 130 after
+    Ctrl-C, 143 after SIGTERM, 129 after SIGHUP (a closed terminal or SSH session).
 
     While disarmed (from `RichReporter.attach` until the reporter hears of the run's first step) there is nothing
     to save, so the first signal goes to the handler before this one (the CLI's: it unwinds at once, or as soon
@@ -101,7 +101,7 @@ class StopOnInterrupt:
 
     Installed only while a run is going (no import-time signal handlers)."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
     def __init__(self, console: Console | None = None, unit: str = "step") -> None:
         self.unit = unit  # what a first signal lets finish: a "step", or an animation's "frame"
@@ -116,7 +116,7 @@ class StopOnInterrupt:
 
     @property
     def exit_code(self) -> int:
-        return 143 if self.signum == signal.SIGTERM else 130
+        return stop_code(self.signum)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if not self.armed and not self.requested:  # nothing to save yet: the handler before ours unwinds
@@ -124,10 +124,10 @@ class StopOnInterrupt:
             if callable(previous):
                 return previous(signum, frame)  # (the CLI's waits for an import in progress to finish)
         if self.requested or not self.armed:
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+            raise stop_exception(signum)
         self.requested = True
         self.signum = signum
-        what = "Terminated" if signum == signal.SIGTERM else "Stopping"
+        what = {signal.SIGTERM: "Terminated", getattr(signal, "SIGHUP", -1): "Hung up"}.get(signum, "Stopping")
         self.console.print(f"\n[yellow]{what}: finishing this {self.unit} and saving… (Ctrl-C again aborts without "
                            "saving)[/]")
 

@@ -90,13 +90,14 @@ class AnimationEngine(VqganEngine):
         anim, session, device = self.anim, self.session, self.loaded.device
         resume = self.setup.resume
         if resume is not None:  # the frames so far, so this folder holds the whole animation
-            from vqclip.pipeline.media import frame_pixels
-            from vqclip.runfolder.folder import read_run_file
+            import numpy as np
 
-            for i in range(self.first):
-                data = read_run_file(resume.parent.path, names.frame_path(i))
+            from vqclip.runfolder.folder import read_run_image
+
+            for i in range(self.first):  # never through a symlink, never an image bomb
+                image, data = read_run_image(resume.parent.path, names.frame_path(i))
                 out.write(names.frame_path(i), data)
-                out.frame(frame_pixels(data, resume.parent.path / names.frame_path(i)))
+                out.frame(np.asarray(image, dtype=np.uint8))
         done = [0]
 
         def on_step(info: Any) -> None:  # progress over the whole animation; the video films whole frames
@@ -160,12 +161,15 @@ class AnimationEngine(VqganEngine):
             return None
         return self._result()
 
+    def extras(self, video: Any) -> list[str]:
+        return [names.interpolated_video(self.anim.interpolate)] if video is not None and self.anim.interpolate > 1 \
+            else []
+
     def finish(self, video: Any, out: Output) -> dict[str, Any]:
         from vqclip.pipeline.media import interpolate_video
 
         files: dict[str, Any] = {"frames": names.FRAMES}
-        if video is not None and self.anim.interpolate > 1:
-            name = names.interpolated_video(self.anim.interpolate)
+        for name in self.extras(video):
             why = interpolate_video(video, video.parent / name, self.anim.interpolate, self.setup.config.fps)
             if why:
                 out.note(f"no interpolated video ({why})")
@@ -210,8 +214,8 @@ def plan_continue(plan: Any, setup: Setup) -> None:
     if resume.resize is not None:
         other.append("resize")
     if other:
-        flags = ", ".join(dict.fromkeys(
-            "--" + ("size" if k in ("width", "height") else k.replace("_", "-")) for k in other))
+        flags = ", ".join(sorted({"--" + ("size" if k in ("width", "height") else k.replace("_", "-"))
+                                  for k in other}))
         raise UsageError(f"{parent.id} is an animation: it goes on with its own settings, so {flags} cannot "
                          "change; pass --frames M (and --device or --precision), or start anew with `vqclip animate`")
     record = parent.record

@@ -98,6 +98,10 @@ class Engine(ABC):
         """Free the failed step's memory; return the one line that says what to lower."""
         return f"out of memory ({exc})"
 
+    def extras(self, video: Any) -> list[str]:
+        """File names `finish` would make after the progress video (`video`: its path or None)."""
+        return []
+
     def finish(self, video: Any, out: Output) -> dict[str, Any]:
         """Extra products made after the progress video is closed (`video`: its path or None); returns
         details.json `files` fields for them."""

@@ -11,7 +11,8 @@
 5. if a step raised: out of memory frees the step's tensors; the engine salvages what is worth keeping (a
    failed run) or the folder is dropped and the error goes up;
 6. close the video, let the engine finish extra products (an interpolated video), the chain video for the last
-   stage of a chain;
+   stage of a chain; a stop request during these final steps skips what is left of them, keeps what was made,
+   and records the run as interrupted with the names of what is missing;
 7. score the picture, write output.png with its parameters, state.pt and details.json;
 8. commit: rename the folder into place. A failure after step 2 that keeps nothing discards the folder.
 
@@ -137,22 +138,34 @@ def _run(req: RunRequest, rep: Reporter, held: list[Any]) -> RunOutcome:
     run_s = time.perf_counter() - t_run
 
     try:  # 6.-8. finishing touches; any failure here still leaves no half-written run folder
+        stopping = req.should_stop or (lambda: False)
+        missing: list[str] = []  # products a stop request during these final steps left unmade
         video_path = video.close()
         if video.error:
             rep.note(f"no progress video ({video.error})")
+            if stopping():
+                missing.append(VIDEO)
         files.video = VIDEO if video_path else None
-        for key, value in engine.finish(video_path, out).items():
-            setattr(files, key, value)
-        chain = _chain_video(req, folder, video_path, status, rep)
+        wanted = engine.extras(video_path)
+        if stopping():
+            missing += wanted
+        else:
+            made = engine.finish(video_path, out)
+            for key, value in made.items():
+                setattr(files, key, value)
+            missing += [name for name in wanted if name not in made.values() and stopping()]
+        chain = _chain_video(req, folder, video_path, status, rep, missing)
         if chain:
             files.chain_video = CHAIN_VIDEO
+        if status == "finished" and (missing or stopping()):  # a stop during the final steps is a stop too
+            status = "interrupted"
         score = engine.score(result.image, rep.note)
         fields = engine.record()
         folder.write(IMAGE, png_bytes(result.image, image_parameters(
             cfg, fields["seed"], result.global_step, tuple(fields["size"]), score_text(score))))
         save_state(folder.file(STATE), engine.state())
         record = _record(req, engine, folder.id, created, status, error, result, score, files, fields,
-                         run_s=run_s, t_start=t_start, chain=chain)
+                         run_s=run_s, t_start=t_start, chain=chain, missing=missing)
         folder.write_record(record)
         path = folder.commit()
     except BaseException as exc:
@@ -170,10 +183,15 @@ def _run(req: RunRequest, rep: Reporter, held: list[Any]) -> RunOutcome:
     return RunOutcome(folder.id, path, status, result.steps_done, result.global_step, record)
 
 
-def _chain_video(req: RunRequest, folder: RunFolder, video: Path | None, status: str, rep: Reporter) -> list[str]:
+def _chain_video(req: RunRequest, folder: RunFolder, video: Path | None, status: str, rep: Reporter,
+                 missing: list[str]) -> list[str]:
     """The last stage of a chain (`req.chain` holds the earlier ones; a stage that was interrupted is the last):
     the whole chain as one video, in this run's folder. Returns the chain's run ids when the video was made."""
-    if not req.chain or not (req.last_stage or status == "interrupted"):
+    stopping = req.should_stop or (lambda: False)
+    if not req.chain or not (req.last_stage or status == "interrupted" or stopping()):
+        return []
+    if stopping():  # a stop request: the stages are what matters; the combined video is left out
+        missing.append(CHAIN_VIDEO)
         return []
     from vqclip.pipeline.chainvideo import combine_videos
 
@@ -194,7 +212,7 @@ def _chain_video(req: RunRequest, folder: RunFolder, video: Path | None, status:
 
 def _record(req: RunRequest, engine: Any, run_id: str, created: str, status: str, error: str | None, result: Any,
             score: Any, files: Files, fields: dict[str, Any], *, run_s: float, t_start: float,
-            chain: list[str]) -> RunRecord:
+            chain: list[str], missing: list[str]) -> RunRecord:
     """details.json: what the skeleton knows (id, times, status, steps, losses, lineage, files) and what the
     engine knows (`fields`: seed, size, device, precision, weights, …)."""
     from vqclip.runfolder.record import Timings
@@ -213,7 +231,8 @@ def _record(req: RunRequest, engine: Any, run_id: str, created: str, status: str
                         per_step_s=round(sorted(timed)[len(timed) // 2], 4) if timed else None),
         parent=parent.id if parent else None, root=parent.root if parent else run_id,
         stage=parent.stage + 1 if parent else 1, files=files,
-        continue_=resume.continued() if resume is not None else None, batch=req.batch, chain=chain or None)
+        continue_=resume.continued() if resume is not None else None, batch=req.batch, chain=chain or None,
+        missing=missing or None)
     return RunRecord(**{**base, **fields})
 
 

@@ -1,97 +1,24 @@
-"""Images and videos in and out of a run: input images read safely, the PNG with its text chunks, and the
-progress video streamed into an mp4 with imageio-ffmpeg's bundled ffmpeg (libx264, yuv420p).
-
-yuv420p needs even frame sizes; odd frames made peers' libx264 write a 0-byte mp4 without a word, so frames are
-cropped to even sizes and the file is checked after closing.
-"""
+"""Images in and out of a run: input images read safely (files and URLs), the PNG with its text chunks. The
+videos live in `vqclip.pipeline.video`; their names stay importable from here."""
 
 from __future__ import annotations
 
 import io
 import json
-import urllib.request
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vqclip import __version__
-from vqclip.errors import VqclipError
+from vqclip.errors import VqclipError, one_line, shorten
+from vqclip.pipeline.video import VideoWriter, concat_videos, even, interpolate_video, to_uint8  # noqa: F401
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
-
-
-def to_uint8(frame: Any) -> np.ndarray:
-    """[3, H, W] float tensor in [0, 1] (or HxWx3 uint8 array) → HxWx3 uint8."""
-    if isinstance(frame, np.ndarray) and frame.dtype == np.uint8:
-        return frame
-    arr = frame.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return np.ascontiguousarray(arr)
-
-
-def even(arr: np.ndarray) -> np.ndarray:
-    h, w = arr.shape[:2]
-    return arr[: h - h % 2, : w - w % 2]
-
-
-class VideoWriter:
-    """Append frames as they come; `close()` returns the path, or None if no usable video was written."""
-
-    def __init__(self, path: Path, fps: int) -> None:
-        self.path = path
-        self.fps = fps
-        self._writer: Any = None
-        self.frames = 0
-        self.error: str | None = None
-
-    def append(self, frame: Any) -> None:
-        if self.error is not None:
-            return
-        arr = even(to_uint8(frame))
-        if arr.shape[0] < 2 or arr.shape[1] < 2:
-            self.error = f"frame {arr.shape[1]}x{arr.shape[0]} too small for a video"
-            return
-        try:
-            if self._writer is None:
-                import imageio.v2 as imageio
-
-                self._writer = imageio.get_writer(
-                    str(self.path), format="FFMPEG", mode="I", fps=self.fps, codec="libx264",
-                    pixelformat="yuv420p", macro_block_size=1, quality=8, ffmpeg_log_level="error")
-            self._writer.append_data(arr)
-            self.frames += 1
-        except Exception as e:  # ffmpeg missing or broken: the run goes on without a video
-            self.error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-
-    def close(self) -> Path | None:
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception as e:
-                self.error = self.error or f"{type(e).__name__}: {e}".splitlines()[0][:200]
-            self._writer = None
-        if self.error is None and self.frames and self.path.is_file() and self.path.stat().st_size > 0:
-            return self.path
-        if self.error is None and self.frames:
-            self.error = "ffmpeg wrote an empty file"
-        if self.path.exists():
-            self.path.unlink()
-        return None
-
-
-def concat_videos(sources: list[Path], dest: Path, fps: int) -> Path | None:
-    """Join mp4 files frame by frame into `dest` (used for the combined video of a chain of stages)."""
-    import imageio.v2 as imageio
-
-    writer = VideoWriter(dest, fps)
-    for src in sources:
-        reader = imageio.get_reader(str(src), format="FFMPEG")
-        try:
-            for frame in reader:
-                writer.append(np.asarray(frame, dtype=np.uint8))
-        finally:
-            reader.close()
-    return writer.close()
+URL_DEADLINE = 120.0  # seconds for a whole image URL, name lookup to last byte (VQCLIP_URL_DEADLINE overrides it)
 
 
 def open_image(ref: str, what: str) -> tuple[Any, bytes, str]:
@@ -100,8 +27,7 @@ def open_image(ref: str, what: str) -> tuple[Any, bytes, str]:
 
     try:
         if ref.startswith(("http://", "https://")):
-            with urllib.request.urlopen(ref, timeout=30) as resp:  # noqa: S310 (user-given URL)
-                data = resp.read(MAX_IMAGE_BYTES + 1)
+            data = read_url(ref, what)
         else:
             path = Path(ref).expanduser()
             if not path.is_file():
@@ -121,10 +47,99 @@ def open_image(ref: str, what: str) -> tuple[Any, bytes, str]:
     except VqclipError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else str(e)[:120]
+        reason = ("not an image Pillow can read" if isinstance(e, UnidentifiedImageError)
+                  else one_line(e, 120, typed=False))
         raise VqclipError(f"cannot read {what} {ref} ({reason}); give a PNG, JPEG or WebP file") from None
     suffix = Path(ref.split("?")[0]).suffix.lower()
     return img, data, suffix if suffix in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff") else ".png"
+
+
+def url_deadline() -> float:
+    """Seconds an image URL may take in all: `VQCLIP_URL_DEADLINE`, else `URL_DEADLINE`."""
+    text = os.environ.get("VQCLIP_URL_DEADLINE", "").strip()
+    try:
+        value = float(text) if text else URL_DEADLINE
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:  # also refuses nan and inf
+        raise VqclipError(f"VQCLIP_URL_DEADLINE={text[:40]!r} is not a number of seconds between 0 and 86400; "
+                          "set it to e.g. 120, or unset it")
+    return value
+
+
+def read_url(url: str, what: str) -> bytes:
+    """The bytes at an http(s) URL, whole within `url_deadline()` seconds and at most `MAX_IMAGE_BYTES`, or one
+    line saying why not. The transfer runs in a worker thread, so nothing (a name lookup that hangs, a server
+    that drips a byte every few seconds) outlasts the deadline; the worker stops itself at the deadline too."""
+    deadline = url_deadline()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["data"] = _read_url(url, what, time.monotonic() + deadline)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=work, name="vqclip-url", daemon=True)
+    worker.start()
+    worker.join(deadline + 1.0)
+    if "error" in box:
+        raise box["error"]
+    if "data" in box:
+        return box["data"]  # type: ignore[no-any-return]
+    raise _too_slow(url, what, deadline, None)
+
+
+def _too_slow(url: str, what: str, deadline: float, got: int | None) -> VqclipError:
+    so_far = "" if got is None else f" ({got:,} bytes had come)"
+    return VqclipError(f"{what} {url} did not arrive within {deadline:g} s{so_far}; save the image and pass the "
+                       "file, or set VQCLIP_URL_DEADLINE=SECONDS to wait longer")
+
+
+def _too_big(url: str, what: str, size: str) -> VqclipError:
+    return VqclipError(f"{what} {url} is {size}: images are limited to 64 MiB; use a smaller image")
+
+
+def _read_url(url: str, what: str, deadline_at: float) -> bytes:
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    from vqclip.errors import one_line
+    from vqclip.weights.download import USER_AGENT, default_timeout, human_size
+
+    total_s = max(deadline_at - time.monotonic(), 0.001)
+    per_read = min(default_timeout(), total_s)  # each wait; the loop below holds the total
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+    try:
+        resp = urllib.request.urlopen(request, timeout=per_read)  # noqa: S310 (a user-given http(s) URL)
+    except urllib.error.HTTPError as e:
+        raise VqclipError(f"{what} {url}: the server answered HTTP {e.code} {e.reason}; check the URL") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        why = one_line(reason, 120, typed=False) if isinstance(reason, BaseException) else shorten(str(reason), 120)
+        raise VqclipError(f"cannot fetch {what} {url} ({why}); check the URL and the connection") from None
+    chunks: list[bytes] = []
+    got = 0
+    with resp:
+        length = resp.headers.get("Content-Length") or ""
+        if length.strip().isdigit() and int(length) > MAX_IMAGE_BYTES:  # refused before a byte of the body
+            raise _too_big(url, what, human_size(int(length)))
+        while True:
+            if time.monotonic() > deadline_at:
+                raise _too_slow(url, what, total_s, got)
+            try:
+                block = resp.read1(1 << 16)  # returns what has come, so a slow drip still meets the deadline check
+            except (OSError, http.client.HTTPException) as e:
+                raise VqclipError(f"{what} {url}: the connection failed after {got:,} bytes "
+                                  f"({type(e).__name__}); try again, or save the image and pass the file") from None
+            if not block:
+                break
+            got += len(block)
+            if got > MAX_IMAGE_BYTES:
+                raise _too_big(url, what, "more than that")
+            chunks.append(block)
+    return b"".join(chunks)
 
 
 def png_bytes(image: Any, text: dict[str, str]) -> bytes:
@@ -156,32 +171,3 @@ def image_parameters(config: Any, seed: int, global_step: int, size: tuple[int, 
     return text
 
 
-def interpolate_video(src: Path, dest: Path, factor: int, fps: int, timeout: float = 3600) -> str | None:
-    """`src` at `factor` times its frame rate by ffmpeg's motion-compensated interpolation (imageio-ffmpeg's
-    bundled binary), written to `dest` whole or not at all. Returns None, or why it could not be made."""
-    import subprocess
-
-    try:
-        import imageio_ffmpeg
-
-        exe = imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception as e:  # no bundled binary for this platform
-        return f"no ffmpeg ({type(e).__name__})"
-    from vqclip.files import temp_path
-
-    tmp = temp_path(dest)
-    cmd = [exe, "-v", "error", "-nostdin", "-y", "-i", str(src), "-vf",
-           f"minterpolate=fps={fps * factor}:mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1",
-           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-f", "mp4", str(tmp)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
-            lines = (done.stderr or "").strip().splitlines()
-            return f"ffmpeg failed ({lines[-1][:160] if lines else f'exit {done.returncode}'})"
-        tmp.replace(dest)
-        return None
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"ffmpeg failed ({type(e).__name__})"
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -127,20 +127,20 @@ def plan_continue(parent: RunInfo, overrides: dict[str, Any] | None = None, *, r
         try:
             resume.state = load_state(parent.path / STATE, getattr(kind, "check_state", None))
         except BadRun as e:
-            if not parent.image.is_file():
+            if not parent.has_image:
                 raise BadRun(f"{e.message}, and there is no {IMAGE} to re-encode; start anew with "
                              "`vqclip generate`") from None
             plan.notes.append(f"{e.message}; continuing from {IMAGE} by re-encoding it (the optimizer and "
                               "random stream restart, so this differs from one long run)")
             resume.start = IMAGE if resume.start == "state" else resume.start
     elif resume.start == "state":
-        if not parent.image.is_file():
+        if not parent.has_image:
             raise BadRun(f"{parent.path} has neither {STATE} nor {IMAGE}; nothing to continue from — start anew "
                          "with `vqclip generate`")
         resume.start = IMAGE
         plan.notes.append(f"{parent.id} has no {STATE} (an older, foreign or failed run): continuing from "
                           f"{IMAGE} by re-encoding it; the optimizer and random stream restart")
-    if resume.start == "stretch" and not parent.image.is_file():
+    if resume.start == "stretch" and not parent.has_image:
         raise BadRun(f"{parent.path} has no {IMAGE} to stretch; drop --resize stretch")
     if "seed" in overrides and record.seed is not None and overrides["seed"] != record.seed:
         resume.reseed = True
@@ -156,9 +156,9 @@ def continue_request(plan: Plan, *, output_dir: Path, inputs: Inputs | None = No
                      models_cache: Any = None) -> RunRequest:
     """The run request for a planned continue (its image read now when the engine starts from it)."""
     if plan.resume.start != "state" and plan.resume.start_image is None:
-        from vqclip.pipeline.media import open_image
+        from vqclip.runfolder.folder import read_run_image
 
-        plan.resume.start_image = open_image(str(plan.parent.image), "parent image")[0]
+        plan.resume.start_image = read_run_image(plan.parent.path, IMAGE)[0]  # never through a symlink
     return RunRequest(config=plan.config, output_dir=output_dir, inputs=inputs or Inputs(), options=plan.options,
                       should_stop=should_stop, resume=plan.resume, models_cache=models_cache)
 

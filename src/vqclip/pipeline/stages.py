@@ -86,6 +86,7 @@ def run_stages(plan: StagePlan, *, output_dir: Path, inputs: Inputs | None = Non
     interrupted (it is saved, later ones are skipped). The last stage made (the last planned, or the one
     interrupted) also holds the chain video. `reporter_for(index, total, prompt)` gives each stage its reporter;
     `on_outcome` hears of each saved stage."""
+    from vqclip.pipeline.budget import release_device_cache
     from vqclip.pipeline.cache import ModelCache
     from vqclip.pipeline.execute import execute
     from vqclip.pipeline.resume import continue_request, plan_continue
@@ -100,8 +101,9 @@ def run_stages(plan: StagePlan, *, output_dir: Path, inputs: Inputs | None = Non
             if i == 0:
                 req = RunRequest(config=plan.first, output_dir=output_dir, inputs=inputs, should_stop=should_stop,
                                  models_cache=cache)
-            else:
+            else:  # the previous stage's tensors are gone: hand its cached device memory back first
                 prev = outcomes[-1]
+                release_device_cache(prev.record.device)
                 overrides: dict[str, Any] = {"prompt": plan.prompts[i - 1]}
                 if plan.stage_steps is not None:
                     overrides["steps"] = plan.stage_steps

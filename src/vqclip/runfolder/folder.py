@@ -9,6 +9,7 @@ import errno
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from vqclip import files
 from vqclip.errors import VqclipError
@@ -113,4 +114,22 @@ def read_run_file(run: Path, name: str, limit: int = files.MAX_READ_BYTES) -> by
         raise BadRun(f"{path} is unreadable ({e.strerror or type(e).__name__})", path) from None
 
 
-__all__ = ["RunFolder", "read_run_file", "DETAILS"]
+def read_run_image(run: Path, name: str) -> tuple[Any, bytes]:
+    """An image of the run (`read_run_file`'s rules) decoded as RGB, with its bytes; a file that is no image, or
+    one that would decompress to more pixels than Pillow allows (a decompression bomb), is a one-line BadRun."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    data = read_run_file(run, name)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB"), data
+    except Image.DecompressionBombError:
+        raise BadRun(f"{run / name} would decompress to more pixels than an image may have; vqclip did not make "
+                     "it, and will not read it", run / name) from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise BadRun(f"{run / name} is not a readable image ({type(e).__name__})", run / name) from None
+
+
+__all__ = ["RunFolder", "read_run_file", "read_run_image", "DETAILS"]

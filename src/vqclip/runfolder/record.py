@@ -147,7 +147,8 @@ class Score(Section):
 class RunRecord(Section):
     """details.json. Field order is the file's key order; unknown keys follow."""
 
-    omit_when_none: ClassVar[frozenset[str]] = frozenset({"continue", "chain", "animation", "score", "batch"})
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"continue", "chain", "animation", "score", "batch",
+                                                          "missing"})
 
     schema_: Int = Field(SCHEMA, alias="schema")
     id: Optional[str] = None
@@ -182,6 +183,7 @@ class RunRecord(Section):
     chain: Optional[list[str]] = None  # the last stage of a chain: every stage's id, in order
     animation: Optional[dict[str, Any]] = None  # an animation run: vqclip.animation.Animation, as JSON
     batch: Optional[dict[str, Any]] = None  # a run of `vqclip batch`: {"id": batch id, "row": row number}
+    missing: Optional[list[str]] = None  # files a stop during the final steps left unmade (anim_x2.mp4, chain.mp4)
 
     @property
     def engine_name(self) -> str:
