@@ -187,6 +187,8 @@ def test_a_silent_ray_address_fails_at_its_deadline(tmp_path):
     line = one_error(r.stderr)
     assert address in line and "did not answer within 2 s" in line and "--ray-timeout" in line, line
     assert took < 30, took
+    out = tmp_path / "out"
+    assert not out.exists() or not [p for p in out.iterdir() if p.name.startswith("batch-")]  # joined first
 
 
 # ------------------------------------------------------------------------------------- messages, promises

@@ -96,15 +96,13 @@ def connect(ray: Any, address: str | None, timeout: float = DEFAULT_TIMEOUT) -> 
         except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
             outcome["error"] = e
 
-    logger = logging.getLogger("ray")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # not "SIGTERM handler is not set…": the command keeps its own handlers
+    logging.disable(logging.WARNING)  # not "SIGTERM handler is not set…": the command keeps its own handlers
     try:
         thread = threading.Thread(target=join, name="vqclip-ray-connect", daemon=True)
         thread.start()
         thread.join(max(0.1, deadline - time.monotonic()))
     finally:
-        logger.setLevel(level)
+        logging.disable(logging.NOTSET)
     if thread.is_alive() or "error" not in outcome:
         raise _no_answer(address, timeout)
     error = outcome["error"]

@@ -69,6 +69,7 @@ def batch(
             settings.devices, settings.ray, settings.ray_workers = _devices(devices, ray, flags.given.get("device")), ray, ray_workers
             settings.ray_timeout = ray_timeout
         _preflight([(r.get("source", f"row {r.get('row')}"), r["config"]) for r in folder.info()["rows"]], settings)
+        backend = _join_ray(settings) if settings.ray is not None else None
         resumed = True
     else:
         if file is None:
@@ -91,8 +92,21 @@ def batch(
                                   devices=_devices(devices, ray, flags.given.get("device")), ray=ray,
                                   ray_workers=ray_workers, ray_timeout=ray_timeout)
         _preflight([(r.source, r.config) for r in rows], settings)
-        folder, resumed = start.open_batch(rows, str(file), settings, new=new)
-    _run(folder, settings, resumed, flags.quiet, retry_failed=resume_ref is not None)
+        backend = _join_ray(settings) if settings.ray is not None else None
+        try:
+            folder, resumed = start.open_batch(rows, str(file), settings, new=new)
+        except BaseException:
+            if backend is not None:
+                backend.close()
+            raise
+    _run(folder, settings, resumed, flags.quiet, retry_failed=resume_ref is not None, backend=backend)
+
+
+def _join_ray(settings: Any) -> Any:
+    """The Ray backend, joined before the batch folder is made (a cluster that does not answer leaves nothing)."""
+    from vqclip.batch.start import make_backend
+
+    return make_backend(settings)
 
 
 def _preflight(rows: list[tuple[str, Any]], settings: Any) -> None:
@@ -216,7 +230,15 @@ def _duration(seconds: float) -> str:
     return f"{h} h {rest // 60} min" if h else f"{rest // 60} min {rest % 60} s"
 
 
-def _run(folder: Any, settings: Any, resumed: bool, quiet: bool, retry_failed: bool) -> None:
+def _run(folder: Any, settings: Any, resumed: bool, quiet: bool, retry_failed: bool, backend: Any = None) -> None:
+    try:
+        _drive(folder, settings, resumed, quiet, retry_failed, backend)
+    finally:
+        if backend is not None:
+            backend.close()
+
+
+def _drive(folder: Any, settings: Any, resumed: bool, quiet: bool, retry_failed: bool, backend: Any) -> None:
     from rich.markup import escape
 
     from vqclip.batch import start
@@ -248,7 +270,7 @@ def _run(folder: Any, settings: Any, resumed: bool, quiet: bool, retry_failed: b
     with StopOnInterrupt() as stop:
         progress = BatchProgress(total, counts["done"], counts["failed"], quiet=quiet, stop=stop)
         try:
-            counts = start.run(folder, settings, progress, should_stop=stop)
+            counts = start.run(folder, settings, progress, should_stop=stop, backend=backend)
         finally:
             progress.close()
     ranked = start.ranked(folder, output_dir)
