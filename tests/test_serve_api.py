@@ -474,3 +474,36 @@ def test_command_errors_are_one_line(tmp_path: Path) -> None:
                                   cwd=tmp_path)
             lines = done.stderr.strip().splitlines()
             assert done.returncode == code and len(lines) == 1 and words in lines[0], (args, done.stderr)
+
+
+def test_animate_from_a_run_and_continue_it(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """"animate from here" (the run's output.png as init image, image prompts by upload) and "continue this
+    run" on an animation (frames added), through the API."""
+    out = tmp_path / "out"
+    with TestClient(create_app(Settings(output_dir=out)), base_url=BASE) as c:
+        job = c.post("/api/jobs", json={"config": tiny(tiny_models, steps=2)}).json()["id"]
+        snap = wait_for(c, lambda s: any(j["id"] == job and j["status"] == "finished" for j in s["history"]))
+        still = snap["history"][0]["run"]
+        token = c.post("/api/uploads", content=png(24, 24)).json()["token"]
+        config = tiny(tiny_models, init_image={"run": still}, image_prompts=[{"upload": token, "weight": 2}],
+                      init_weight=0.5)
+        anim = {"frames": 2, "steps_per_frame": 1, "zoom": "0:(1.0), 1:(1.05)", "angle": "2"}
+        r = c.post("/api/jobs", json={"kind": "animate", "config": config, "animation": anim})
+        assert r.status_code == 201, r.text
+        job = r.json()["id"]
+        snap = wait_for(c, lambda s: any(j["id"] == job and j["status"] in ("finished", "failed") for j in s["history"]))
+        done = next(j for j in snap["history"] if j["id"] == job)
+        assert done["status"] == "finished", done
+        folder = out / done["run"]
+        details = json.loads((folder / "details.json").read_text())
+        assert details["animation"]["frames_done"] == 2 and (folder / "init.png").is_file()
+        assert (folder / "image_prompt_0.png").is_file() and details["config"]["image_prompts"][0].endswith(":2")
+        settings = c.get(f"/api/runs/{done['run']}").json()
+        assert settings["kind"] == "animation" and settings["animation"]["zoom"] == "0:(1.0), 1:(1.05)"
+        one_line_error(c.post("/api/jobs", json={"kind": "continue", "parent": done["run"],
+                                                 "config": {"prompt": "x"}}), 400)
+        job = c.post("/api/jobs", json={"kind": "continue", "parent": done["run"], "frames": 1}).json()["id"]
+        snap = wait_for(c, lambda s: any(j["id"] == job and j["status"] in ("finished", "failed") for j in s["history"]))
+        done = next(j for j in snap["history"] if j["id"] == job)
+        assert done["status"] == "finished", done
+        assert json.loads((out / done["run"] / "details.json").read_text())["animation"]["frames_done"] == 3
