@@ -289,3 +289,29 @@ def test_sigterm_keeps_the_row_in_progress_as_an_interrupted_run_the_journal_kno
     assert journal.runs() == {runs[0]["id"]: (0, "interrupted")}  # no run folder the journal does not know
     assert journal.counts() == {"pending": 2, "running": 0, "done": 0, "failed": 0}
     journal.close()
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_keeps_every_workers_row(tiny_models, tmp_path):
+    """Two CPU worker processes; SIGTERM to the whole group (as a service manager sends it): the workers leave
+    the stop to the driver, which has each save its row as an interrupted run, and exits 143."""
+    f = tmp_path / "p.txt"
+    f.write_text("row one\nrow two\nrow three\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([VQCLIP, "batch", str(f), "--quiet", "--devices", "cpu,cpu",
+                             *tiny(tiny_models, out, steps="5000")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len([p for p in out.iterdir() if p.name.startswith(".tmp-")]
+                                          if out.exists() else []) < 2:
+        time.sleep(0.2)
+    time.sleep(2.0)
+    os.killpg(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 143, stdout + stderr
+    runs = batch_runs(out)
+    assert sorted((d["batch"]["row"], d["status"]) for d in runs) == [(0, "interrupted"), (1, "interrupted")]
+    [folder] = [p for p in out.iterdir() if p.name.startswith("batch-")]
+    journal = Journal(folder / "journal.sqlite")
+    assert set(journal.runs()) == {d["id"] for d in runs} and journal.counts()["pending"] == 3
+    journal.close()

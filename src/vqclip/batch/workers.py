@@ -2,8 +2,8 @@
 run one worker process each (`ProcessBackend`, multiprocessing's `spawn` context), every worker keeping its
 models loaded (`ModelCache`) and reporting steps and outcomes to the parent, which alone writes the journal.
 
-A worker process ignores Ctrl-C (the terminal sends it to the whole process group): the parent asks it to stop
-through an Event (the run in progress saves what it did, as a single run would); and it dies with its parent
+A worker process ignores Ctrl-C, SIGTERM and SIGHUP (a terminal, `kill -- -PGID` or a service manager sends them
+to the whole process group): the parent asks it to stop through an Event (the run in progress saves what it did, as a single run would); and it dies with its parent
 (PR_SET_PDEATHSIG on Linux), so a `kill -9` of the parent leaves no worker behind to commit a run behind the
 journal's back.
 """
@@ -90,7 +90,9 @@ def _worker_main(name: str, device: str, tasks: Any, results: Any, stop: Any, pa
     import signal
 
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):  # a stop sent to the whole
+        if sig is not None:  # process group reaches the parent, which asks the worker to save and stop
+            signal.signal(sig, signal.SIG_IGN)
     if os.getppid() != parent:  # the parent died before PR_SET_PDEATHSIG was in place
         return
     from vqclip.batch.runner import StepReporter, run_task
@@ -173,7 +175,7 @@ class ProcessBackend:
         for proc, _ in self.workers.values():
             proc.join(timeout=10)
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()  # it ignores SIGTERM (see _worker_main)
                 proc.join(timeout=5)
         self.workers.clear()
 
