@@ -128,16 +128,30 @@ def test_rows_are_checked_before_the_first_run(tiny_models, tmp_path):
         ({"clip_model": "ViT-Nope-1"}, "r.jsonl:3: unknown CLIP model 'ViT-Nope-1'"),
         ({"clip_pretrained": str(tmp_path / "none.pt")}, "r.jsonl:3: CLIP checkpoint"),
         ({"device": "cuda:7"}, "cuda"),
+        ({"device": "mps"}, "r.jsonl:3: device mps: this batch's workers run on cpu"),
     ]
     for bad, says in cases:
         f = _write(tmp_path / "r.jsonl", '{"prompt": "fine"}\n{"prompt": "fine too"}\n'
                    + json.dumps({"prompt": "bad", **bad}) + "\n")
-        device = ["--device", "cuda:7"] if "device" in bad else []
+        device = ["--device", "cuda:7"] if bad.get("device") == "cuda:7" else ["--devices", "cpu"]
         out = tmp_path / "out"
         r = invoke("batch", str(f), "--model", model, *good, *device, "-o", str(out))
         assert r.exit_code == 1, r.output
         assert says in one_error(r.output), r.output
         assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")]  # nothing ran
+
+
+def test_a_row_that_will_not_fit_is_refused_before_the_first_run(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("VQCLIP_MEMORY_BUDGET", "3GiB")
+    f = _write(tmp_path / "r.jsonl", '{"prompt": "small"}\n{"prompt": "huge", "size": "8192x8192", "cutn": 64}\n')
+    out = tmp_path / "out"
+    r = invoke("batch", str(f), "--model", str(tiny_models["vqgan_yaml"]), "--clip-model", str(tiny_models["clip_json"]),
+               "--clip-pretrained", str(tiny_models["clip_ckpt"]), "--size", "16x16", "--cutn", "2", "--steps", "2",
+               "--devices", "cpu", "-o", str(out))
+    assert r.exit_code == 1, r.output
+    line = one_error(r.output)
+    assert line.startswith("Error: r.jsonl:2: ") and "8192x8192" in line, line
+    assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")]
 
 
 # ---------------------------------------------------------------------------------------------------- Ray

@@ -14,7 +14,8 @@ from typing import Any, Iterable
 
 from vqclip.errors import VqclipError
 
-_KEYS = ("model", "clip_model", "clip_pretrained", "width", "height", "cutn", "precision", "low_memory", "init_image")
+_KEYS = ("model", "clip_model", "clip_pretrained", "width", "height", "cutn", "precision", "low_memory", "init_image",
+         "device")
 
 
 def check_rows(rows: Iterable[tuple[str, Any]], devices: list[str], *, weights_dir: str | None,
@@ -40,6 +41,7 @@ def check_rows(rows: Iterable[tuple[str, Any]], devices: list[str], *, weights_d
     for source, config in seen.values():
         cfg = RunConfig.model_validate(config) if isinstance(config, dict) else config
         try:
+            _check_device(cfg.device, list(picked))
             spec = models.get(cfg.model)
             if cfg.model not in models:
                 spec = models[cfg.model] = _model_spec(cfg.model, weights_dir, download)
@@ -51,6 +53,15 @@ def check_rows(rows: Iterable[tuple[str, Any]], devices: list[str], *, weights_d
                     _check_fits(cfg, spec, device)
         except VqclipError as e:
             raise VqclipError(f"{source}: {e.message}", e.exit_code) from None
+
+
+def _check_device(asked: str, workers: list[str]) -> None:
+    """A row runs on its worker's device: a row that names another device is refused, not silently moved."""
+    asked = (asked or "auto").strip().lower()
+    if asked == "auto" or asked in workers or any(w.split(":")[0] == asked for w in workers):
+        return
+    raise VqclipError(f"device {asked}: this batch's workers run on {', '.join(workers)}, and a row runs on its "
+                      f"worker's device; choose the workers with --devices (e.g. --devices {asked})")
 
 
 def _model_spec(name: str, weights_dir: str | None, download: bool) -> Any:
