@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
-import json
 import pickle
 from dataclasses import dataclass
 from functools import cached_property
@@ -104,34 +103,6 @@ def quiet_logs() -> Iterator[None]:
         yield
 
 
-_MODEL_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
-
-
-def _check_model_config(p: Path) -> None:
-    """One line when `p` is not an open_clip model config (open_clip would skip it silently, then fail with
-    "model config not found")."""
-    fix = "pass an open_clip model name (e.g. ViT-B-32-quickgelu) or an open_clip model-config .json"
-    try:
-        with open(p, "rb") as fh:  # a regular file (checked by the caller); links given on purpose are fine
-            data = json.loads(fh.read(16 << 20).decode("utf-8"))
-    except OSError as e:
-        raise VqclipError(f"CLIP model config {p} {e.strerror or 'cannot be read'}; {fix}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise VqclipError(f"CLIP model config {p} is not JSON ({type(e).__name__}: "
-                          f"{(str(e).splitlines() or [''])[0][:100]}); {fix}") from None
-    if not isinstance(data, dict):
-        raise VqclipError(f"CLIP model config {p} is JSON but not an object; {fix}")
-    missing = [k for k in _MODEL_CONFIG_KEYS if k not in data]
-    if missing:
-        raise VqclipError(f"CLIP model config {p} has no {' / '.join(missing)}; an open_clip model config needs "
-                          f"{', '.join(_MODEL_CONFIG_KEYS)} (see open_clip's model_configs/*.json)")
-    bad = [k for k in ("vision_cfg", "text_cfg") if not isinstance(data[k], dict)]
-    if bad:
-        raise VqclipError(f"CLIP model config {p}: {' and '.join(bad)} must be JSON objects; {fix}")
-    if isinstance(data["embed_dim"], bool) or not isinstance(data["embed_dim"], int):
-        raise VqclipError(f"CLIP model config {p}: embed_dim must be an integer; {fix}")
-
-
 def resolve_clip_name(name_or_path: str) -> str:
     """Model name for open_clip; a path to a model-config JSON is registered under its file stem."""
     import open_clip
@@ -148,7 +119,9 @@ def resolve_clip_name(name_or_path: str) -> str:
         if problem:
             raise VqclipError(f"CLIP model config {p} {problem}; pass an open_clip model name "
                               "(e.g. ViT-B-32-quickgelu) or a model-config .json file")
-        _check_model_config(p)
+        from vqclip.weights.clip_config import check_clip_config
+
+        check_clip_config(p)  # types, ranges and size first: open_clip would fail deep inside torch
         try:
             open_clip.add_model_config(p)
         except Exception as e:
@@ -218,6 +191,13 @@ def _check_clip_checkpoint(path: Path) -> None:
         raise VqclipError(f"CLIP checkpoint {problem.replace(path.name, str(path), 1)}")
 
 
+def _unbuildable(config: str, e: Exception) -> VqclipError:
+    from vqclip.errors import one_line
+
+    return VqclipError(f"CLIP model config {config} does not build a model ({one_line(e, 160)}); fix the file, or "
+                       "pass an open_clip model name (e.g. ViT-B-32-quickgelu)")
+
+
 def load_clip(name_or_path: str, pretrained: str | None, device: torch.device | str = "cpu") -> ClipModel:
     """Build the CLIP model frozen in eval mode; downloads go through open_clip's Hugging Face cache."""
     import open_clip
@@ -259,7 +239,13 @@ def load_clip(name_or_path: str, pretrained: str | None, device: torch.device | 
         if isinstance(e, pickle.UnpicklingError):
             raise VqclipError(f"CLIP checkpoint {arg} cannot be loaded safely ({first}); use a state_dict "
                               ".pt/.bin or a .safetensors file") from None
+        if arg is None and name != name_or_path:
+            raise _unbuildable(name_or_path, e) from None
         raise VqclipError(f"cannot load CLIP {name} from {arg} ({first})") from None
+    except Exception as e:  # what a user's model config can still make open_clip or torch raise while building
+        if name == name_or_path:
+            raise
+        raise _unbuildable(name_or_path, e) from None
     model.eval().requires_grad_(False)
     size = model.visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)

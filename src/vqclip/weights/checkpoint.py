@@ -6,9 +6,11 @@ classes under those names so the file loads without Lightning and without runnin
 other global is refused unless the caller explicitly trusts the file.
 
 `load_vqgan_state` adds a pickle-free cache: after the first safe load, the VQGAN tensors (decoder, quantizer,
-post_quant_conv, encoder, quant_conv) are written to `<stem>.safetensors` beside the `.ckpt`, with metadata that
-binds the cache to that exact file (size + mtime, plus its sha256 when the weights manifest knows it). Later
-loads read only the tensors they need from it (safetensors: no pickle, no optimizer states, no loss network).
+post_quant_conv, encoder, quant_conv) are written to a `.safetensors` file with metadata that binds the cache to
+that exact checkpoint (size + mtime, plus its sha256 when the weights manifest knows it). Later loads read only
+the tensors they need from it (safetensors: no pickle, no optimizer states, no loss network). The cache sits
+beside the `.ckpt` in a vqclip weights folder, and under `$VQCLIP_HOME/cache/vqgan/` for a checkpoint loaded by
+path: vqclip never writes into a user's own model folder.
 """
 
 from __future__ import annotations
@@ -163,7 +165,31 @@ def vqgan_tensors(state: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
 
 
 def cache_path(ckpt_path: str | Path) -> Path:
-    return Path(ckpt_path).with_suffix(".safetensors")
+    """`NAME.safetensors` beside a checkpoint in a vqclip weights folder; otherwise
+    `$VQCLIP_HOME/cache/vqgan/NAME-<hash of its absolute path>.safetensors`."""
+    import hashlib
+
+    from vqclip.weights.store import vqclip_home
+
+    path = Path(ckpt_path)
+    if _in_weights_folder(path):
+        return path.with_suffix(".safetensors")
+    where = str(path.expanduser().absolute()).encode("utf-8", "surrogateescape")
+    return vqclip_home() / "cache" / "vqgan" / f"{path.stem}-{hashlib.sha256(where).hexdigest()[:16]}.safetensors"
+
+
+def _in_weights_folder(path: Path) -> bool:
+    """Whether `path` lies in a folder vqclip keeps: the default weights folder, or one with a weights manifest
+    (a `--weights-dir` after its first download or check)."""
+    from vqclip.weights.store import MANIFEST_NAME, weights_dir
+
+    folder = path.expanduser().absolute().parent
+    if (folder / MANIFEST_NAME).is_file():
+        return True
+    try:
+        return folder.resolve() == weights_dir().resolve()
+    except (VqclipError, OSError):
+        return False
 
 
 def _stamp(st: os.stat_result) -> dict[str, str]:
@@ -190,7 +216,7 @@ def read_cache(ckpt_path: Path, keys: tuple[str, ...]) -> dict[str, torch.Tensor
 
 
 def write_cache(ckpt_path: Path, state: dict[str, torch.Tensor], stamp: os.stat_result) -> Path | None:
-    """Write the VQGAN tensors beside the checkpoint (atomically); None when the folder is not writable."""
+    """Write the VQGAN tensors to `cache_path` (atomically); None when its folder is not writable."""
     from safetensors.torch import save_file
 
     if _stamp(ckpt_path.stat()) != _stamp(stamp):  # the file changed while we read it
@@ -200,6 +226,7 @@ def write_cache(ckpt_path: Path, state: dict[str, torch.Tensor], stamp: os.stat_
     cache = cache_path(ckpt_path)
     tmp = temp_path(cache)
     try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
         save_file(_unshared(state), str(tmp), metadata=meta)
         os.replace(tmp, cache)
     except OSError:

@@ -16,10 +16,10 @@ from typing import Mapping
 from vqclip.errors import VqclipError, WeightsMissing
 from vqclip.files import path_problem
 from vqclip.weights.download import Note, Progress, download_file, human_size, sha256_file
-from vqclip.weights.model_yaml import ensure_yaml
+from vqclip.weights.model_yaml import ensure_yaml, validate_yaml
 from vqclip.weights.registry import WeightSpec, table
-from vqclip.weights.store import (CUSTOM, TOFU, VERIFIED, custom_models, fresh_entry, known_names, manifest_entry,
-                                  record_file)
+from vqclip.weights.store import (CUSTOM, MOVE_WEIGHTS, TOFU, VERIFIED, custom_models, ensure_writable, fresh_entry,
+                                  known_names, manifest_entry, record_file)
 from vqclip.weights.store import weights_dir as weights_folder
 
 
@@ -105,11 +105,13 @@ def install_registry_model(spec: WeightSpec, folder: Path, *, download: bool = T
         if not download:
             raise WeightsMissing(f"{ckpt} is corrupt or not the expected file (sha256 mismatch); run "
                                  f"`vqclip weights download {spec.name}` to replace it")
+        ensure_writable(folder, "weights folder", MOVE_WEIGHTS)
         say(f"{ckpt.name} is corrupt or not the expected file; downloading it again.")
         ckpt.unlink()
     elif not download:
         raise WeightsMissing(f"{spec.name} is not downloaded (expected {ckpt}); run `vqclip weights download "
                              f"{spec.name}` ({human_size(spec.display_size)} from {spec.url})")
+    ensure_writable(folder, "weights folder", MOVE_WEIGHTS)
     expected = expected_sha256(spec, folder)
     host = urllib.parse.urlsplit(spec.url).hostname or spec.url
     say(f"Downloading {spec.name} ({human_size(spec.display_size)}) from {host} into {folder}; first use only.")
@@ -129,6 +131,7 @@ def install_registry_model(spec: WeightSpec, folder: Path, *, download: bool = T
 def _custom_files(name: str, yaml_path: Path, folder: Path, progress: Progress | None,
                   yaml_only: bool) -> ModelFiles:
     ckpt = yaml_path.with_suffix(".ckpt")
+    validate_yaml(yaml_path)  # a user's file: checked before any parser or constructor sees it
     if yaml_only:
         return ModelFiles(name, yaml_path, ckpt, None, "custom")
     if not ckpt.is_file():
@@ -184,5 +187,6 @@ def _path_files(text: str, folder: Path, progress: Progress | None, yaml_only: b
         if err:
             raise WeightsMissing(f"{yaml_path.name} has no checkpoint beside it; expected {ckpt}") \
                 if not ckpt.exists() else err
+    validate_yaml(yaml_path)  # a user's file: checked before any parser or constructor sees it
     sha = None if yaml_only else _custom_sha(ckpt, folder, progress)
     return ModelFiles(ckpt.stem, yaml_path, ckpt, sha, "path")

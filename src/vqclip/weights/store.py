@@ -23,6 +23,7 @@ from vqclip.files import atomic_write_json, path_problem
 from vqclip.weights.registry import WeightSpec, table
 
 MANIFEST_NAME = "manifest.json"
+MOVE_WEIGHTS = "set VQCLIP_HOME to a writable folder or pass --weights-dir"  # for a weights folder that cannot be written
 
 # Manifest statuses, shown by `vqclip weights list`.
 VERIFIED = "verified"  # sha256 matches the registry
@@ -59,6 +60,26 @@ def weights_dir(override: str | Path | None = None) -> Path:
     return folder
 
 
+def ensure_writable(folder: Path, what: str, how: str) -> None:
+    """Make `folder` if missing and check that a file can be created in it; otherwise one line naming the folder
+    and `how` to move it (the variable or flag). Only what must write (a download) calls this: a read-only
+    folder of installed weights still loads."""
+    import errno
+    import secrets
+
+    probe = folder / f".vqclip-write-test-{secrets.token_hex(4)}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.open("xb").close()
+        probe.unlink()
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC,
+                           errno.EDQUOT):
+            raise
+        reason = e.strerror or type(e).__name__
+        raise VqclipError(f"{what} {folder} is not writable ({reason}); {how}") from None
+
+
 def custom_models(folder: Path, registry: Mapping[str, WeightSpec] | None = None) -> dict[str, Path]:
     """Custom `NAME.yaml` files in the weights folder (registry names excluded), by name."""
     registry = table(registry)
@@ -83,10 +104,12 @@ def _manifest_key(folder: Path, path: Path) -> str:
 def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
     try:
         data = json.loads((folder / MANIFEST_NAME).read_text())
-        files = data.get("files", {})
-        return files if isinstance(files, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # missing, unreadable or garbage: nothing is vouched for
         return {}
+    files = data.get("files", {}) if isinstance(data, dict) else {}
+    if not isinstance(files, dict):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(v, dict) and isinstance(v.get("sha256", ""), str)}
 
 
 def _write_manifest(folder: Path, files: dict[str, dict[str, Any]]) -> None:
@@ -119,7 +142,10 @@ def record_file(folder: Path, path: Path, sha256: str, status: str, url: str | N
         entry["url"] = url
     files = read_manifest(folder)
     files[_manifest_key(folder, path)] = entry
-    _write_manifest(folder, files)
+    try:
+        _write_manifest(folder, files)
+    except OSError:  # a read-only weights folder still loads; its files are hashed again next time
+        pass
     return entry
 
 
