@@ -617,7 +617,8 @@ def test_cli_clip_download_and_list(cli: Any, monkeypatch: pytest.MonkeyPatch, v
     snap = vqclip_home / "hf" / "hub" / "models--timm--vit_base_patch32_clip_224.openai" / "snapshots" / "abc"
     snap.mkdir(parents=True)
     (snap / "open_clip_model.safetensors").write_bytes(b"x" * 10)
-    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", lambda cfg, **kw: str(snap / "x"))
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("abc")  # the hub cache's pointer to the snapshot
     assert cli("download", "clip:ViT-B-32/openai").exit_code == 0
     listing = cli("list").output
     assert "clip:ViT-B-32/openai" in listing and "timm/vit_base_patch32_clip_224.openai" in listing

@@ -204,8 +204,10 @@ def download(
     weights_dir: Optional[Path] = WEIGHTS_DIR,
     cache: bool = typer.Option(True, "--cache/--no-cache",
                                help="After the download, cache the VQGAN tensors as safetensors (faster loads)."),
-    timeout: float = typer.Option(TIMEOUT, "--timeout", min=0.1, max=3600,
-                                  help="Seconds to wait for a server before giving up."),
+    timeout: Optional[float] = typer.Option(
+        None, "--timeout", min=0.1, max=3600, show_default=False,
+        help=f"Seconds to wait for each answer from a server before giving up (default: $VQCLIP_TIMEOUT, else "
+             f"{TIMEOUT:g})."),
 ) -> None:
     """Download VQGAN checkpoints (verified, resumable) or pre-fetch CLIP weights.
 
@@ -227,8 +229,8 @@ def download(
     _check_names(wanted, folder)
     for name in wanted:
         if name.startswith("clip:"):
-            err_console.print(f"Fetching CLIP weights {name} into the Hugging Face cache…", markup=False)
-            path = download_clip(name)
+            path = download_clip(name, timeout=timeout, note=rich_note(err_console),  # says when it downloads
+                                 progress=RichTransfer(err_console))
             out_console.print(f"✓ {name}: {path}", markup=False, highlight=False)
             continue
         _download_one(registry.WEIGHTS[name], folder, cache=cache, timeout=timeout)
@@ -244,7 +246,7 @@ def _check_names(names: list[str], folder: Path) -> None:
                           "(CLIP weights: clip:MODEL/TAG, e.g. clip:ViT-B-32/openai)")
 
 
-def _download_one(spec: WeightSpec, folder: Path, *, cache: bool, timeout: float) -> None:
+def _download_one(spec: WeightSpec, folder: Path, *, cache: bool, timeout: float | None) -> None:
     files = install_registry_model(spec, folder, download=True, note=rich_note(err_console),
                                    progress=RichTransfer(err_console), timeout=timeout)
     entry = manifest_entry(folder, files.ckpt_path) or {}

@@ -76,7 +76,7 @@ def read_url(url: str, what: str) -> bytes:
 
     def work() -> None:
         try:
-            box["data"] = _read_url(url, what, time.monotonic() + deadline)
+            box["data"] = _read_url(url, what, deadline)
         except BaseException as e:  # handed to the caller's thread
             box["error"] = e
 
@@ -100,7 +100,7 @@ def _too_big(url: str, what: str, size: str) -> VqclipError:
     return VqclipError(f"{what} {url} is {size}: images are limited to 64 MiB; use a smaller image")
 
 
-def _read_url(url: str, what: str, deadline_at: float) -> bytes:
+def _read_url(url: str, what: str, deadline: float) -> bytes:
     import http.client
     import urllib.error
     import urllib.request
@@ -108,8 +108,8 @@ def _read_url(url: str, what: str, deadline_at: float) -> bytes:
     from vqclip.errors import one_line
     from vqclip.weights.download import USER_AGENT, default_timeout, human_size
 
-    total_s = max(deadline_at - time.monotonic(), 0.001)
-    per_read = min(default_timeout(), total_s)  # each wait; the loop below holds the total
+    deadline_at = time.monotonic() + deadline
+    per_read = min(default_timeout(), deadline)  # each wait; the loop below holds the total
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
     try:
         resp = urllib.request.urlopen(request, timeout=per_read)  # noqa: S310 (a user-given http(s) URL)
@@ -127,7 +127,7 @@ def _read_url(url: str, what: str, deadline_at: float) -> bytes:
             raise _too_big(url, what, human_size(int(length)))
         while True:
             if time.monotonic() > deadline_at:
-                raise _too_slow(url, what, total_s, got)
+                raise _too_slow(url, what, deadline, got)
             try:
                 block = resp.read1(1 << 16)  # returns what has come, so a slow drip still meets the deadline check
             except (OSError, http.client.HTTPException) as e:

@@ -1,19 +1,49 @@
 """CLIP weights: open_clip's pretrained files in the Hugging Face hub cache (which are there, fetching one for
-`vqclip weights download clip:MODEL/TAG`), and whether they can be loaded now: cached, or a server that answers
-within seconds (instead of the hub client's minute of retries when there is no connection).
+`vqclip weights download clip:MODEL/TAG` or a run), and whether they can be loaded now: cached (then the
+network is never asked), or fetched by `hub.fetch_hub_file` (every read bounded by the timeout, the bytes
+checked against the hub's sha256) when a server answers within seconds, downloads are allowed (`--no-download`
+forbids them through `clip_downloads`) and the hub is not in offline mode.
 
 Nothing here imports torch; open_clip and huggingface_hub are imported only when needed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.parse
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-from vqclip.errors import VqclipError, WeightsMissing, one_line
+from vqclip.errors import VqclipError, WeightsMissing
+from vqclip.weights.download import Note, Progress, default_timeout
+
+
+@dataclass(frozen=True)
+class ClipFetch:
+    """How a run may fetch CLIP weights: at all (`--no-download` says no), with which notices, bar and timeout."""
+
+    allowed: bool = True
+    note: Note | None = None
+    progress: Progress | None = None
+    timeout: float | None = None  # seconds per read; None: VQCLIP_TIMEOUT or download.TIMEOUT
+
+
+_FETCH: ContextVar[ClipFetch] = ContextVar("vqclip_clip_fetch", default=ClipFetch())
+
+
+@contextlib.contextmanager
+def clip_downloads(allowed: bool = True, note: Note | None = None, progress: Progress | None = None,
+                   timeout: float | None = None) -> Iterator[None]:
+    """While active, CLIP weights that are not cached are fetched this way (or, `allowed=False`, refused in
+    one line naming `--no-download`). The run pipeline wraps model loading in it."""
+    token = _FETCH.set(ClipFetch(allowed, note, progress, timeout))
+    try:
+        yield
+    finally:
+        _FETCH.reset(token)
 
 
 @dataclass(frozen=True)
@@ -71,9 +101,11 @@ def cached_clip_weights() -> list[ClipWeights]:
     return out
 
 
-def download_clip(text: str) -> Path:
-    """Fetch open_clip weights into the HF hub cache (what `vqclip generate` will load); return the file.
-    Without a connection it fails within seconds (not after the hub client's minute of retries)."""
+def download_clip(text: str, *, timeout: float | None = None, note: Note | None = None,
+                  progress: Progress | None = None) -> Path:
+    """Fetch open_clip weights into the HF hub cache (what `vqclip generate` will load), verified against the
+    hub's sha256; return the file. Cached weights are returned without asking the network. Without a connection
+    it fails within seconds; a server that stops answering fails after `timeout` seconds of silence."""
     import open_clip
 
     model, tag = parse_clip_name(text)
@@ -83,18 +115,12 @@ def download_clip(text: str) -> Path:
     if not cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
         raise VqclipError(f"CLIP model {model} has no pretrained tag {tag!r}; known tags: {tags}")
-    mode = clip_fetch_mode(model, tag, cfg)
-    try:
-        with quiet_root_logger(), hub_offline(mode == "offline"):
-            path = open_clip.pretrained.download_pretrained(cfg)
-    except Exception as e:  # hub/urllib raise many kinds; all mean "not available now"
-        if hub_is_offline():
-            raise WeightsMissing(clip_missing(model, tag, cfg)) from None
-        raise WeightsMissing(f"cannot fetch CLIP weights {model}/{tag} ({one_line(e, 240, typed=False)}); run "
-                             f"`vqclip weights download clip:{model}/{tag}` when online") from None
-    if not path:
-        raise WeightsMissing(f"CLIP weights {model}/{tag} have no download source in open_clip")
-    return Path(path)
+    with clip_downloads(True, note, progress, timeout):
+        clip_fetch_mode(model, tag, cfg)
+    path = clip_cached(cfg)
+    if path is None:  # HF_HUB_OFFLINE is set and nothing is cached
+        raise WeightsMissing(clip_missing(model, tag, cfg))
+    return path
 
 
 # ------------------------------------------------------------------------ CLIP weights: cached or reachable?
@@ -172,21 +198,33 @@ def unreachable(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
 
 
 def clip_fetch_mode(model: str, tag: str, cfg: Mapping[str, Any]) -> str:
-    """How to load open_clip weights `model/tag`: "online" (let the hub client check and fetch), "offline"
-    (HF_HUB_OFFLINE is set, or the weights are cached and there is no connection to check them: answer from the
-    cache without asking the network, which fails at once when they are not there). Raises `WeightsMissing`,
-    quickly and in one line, when the weights are not cached and there is no connection (instead of the hub
-    client's minute of retries)."""
-    if hub_is_offline():
-        return "offline"
-    repo, _names, url = _clip_source(cfg)
-    server = (os.environ.get("HF_ENDPOINT", "").rstrip("/") or HF_DEFAULT_ENDPOINT) if repo else (url or "")
-    why = unreachable(server) if server else None
-    if why is None:
-        return "online"
+    """Make open_clip weights `model/tag` loadable without the hub client touching the network; returns
+    "offline" (the hub client then answers from its cache). Cached weights are used as they are; others are
+    fetched and verified here, as `clip_downloads` allows. Raises `WeightsMissing` in one line, before any model
+    is built, when HF_HUB_OFFLINE is set or downloads are forbidden, when there is no connection (within
+    seconds, instead of the hub client's minute of retries), or when the download fails or does not match the
+    hub's sha256 (the file is deleted)."""
     if clip_cached(cfg) is not None:
         return "offline"
-    raise WeightsMissing(clip_missing(model, tag, cfg, f"there is no connection ({why})"))
+    if hub_is_offline():
+        raise WeightsMissing(clip_missing(model, tag, cfg))
+    fetch = _FETCH.get()
+    if not fetch.allowed:
+        raise WeightsMissing(clip_missing(model, tag, cfg, "--no-download forbids fetching them"))
+    repo, names, url = _clip_source(cfg)
+    if not repo:
+        raise WeightsMissing(f"CLIP weights {model}/{tag} have no Hugging Face source in open_clip ({url or 'none'}); "
+                             "download them yourself and pass --clip-pretrained FILE")
+    server = os.environ.get("HF_ENDPOINT", "").rstrip("/") or HF_DEFAULT_ENDPOINT
+    timeout = fetch.timeout if fetch.timeout is not None else default_timeout()
+    why = unreachable(server, min(PROBE_TIMEOUT, timeout))
+    if why is not None:
+        raise WeightsMissing(clip_missing(model, tag, cfg, f"there is no connection ({why})"))
+    from vqclip.weights.hub import fetch_hub_file
+
+    fetch_hub_file(repo, names, hf_hub_cache(), label=f"clip:{model}/{tag}", timeout=timeout, note=fetch.note,
+                   progress=fetch.progress)
+    return "offline"
 
 
 def clip_missing(model: str, tag: str, cfg: Mapping[str, Any], why: str | None = None) -> str:

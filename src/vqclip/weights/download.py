@@ -26,7 +26,7 @@ from vqclip.errors import VqclipError, WeightsMissing
 
 USER_AGENT = f"vqclip/{__version__} (+urllib)"
 CHUNK = 1 << 20
-TIMEOUT = 30.0  # seconds without a byte before a connection counts as dead
+TIMEOUT = 30.0  # seconds without a byte before a connection counts as dead (VQCLIP_TIMEOUT overrides it)
 RETRIES = 3  # resumes per URL after a dropped connection
 RETRY_WAIT = 1.0  # seconds, times the attempt number
 HASH_BAR_MIN = 64 * CHUNK  # smaller files are hashed without reporting progress
@@ -44,6 +44,21 @@ class Progress(Protocol):
     def advance(self, n: int) -> None: ...
 
     def stop(self) -> None: ...
+
+
+def default_timeout() -> float:
+    """Seconds a download waits for each read when no `--timeout` is given: `VQCLIP_TIMEOUT`, else `TIMEOUT`."""
+    text = os.environ.get("VQCLIP_TIMEOUT", "").strip()
+    if not text:
+        return TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:  # also refuses nan and inf
+        raise VqclipError(f"VQCLIP_TIMEOUT={text[:40]!r} is not a number of seconds between 0 and 86400; "
+                          "set it to e.g. 30, or unset it")
+    return value
 
 
 def part_path(dest: Path) -> Path:
@@ -180,17 +195,18 @@ def _read(url: str, resp: Any, written: int) -> bytes:
 def download_file(urls: Iterable[str], dest: Path, *, size: int | None, sha256: str | None,
                   note: Note | None = None, progress: Progress | None = None, label: str | None = None,
                   timeout: float | None = None, retries: int | None = None,
-                  retry_wait: float | None = None) -> tuple[str, str]:
+                  retry_wait: float | None = None, fix: str | None = None) -> tuple[str, str]:
     """Download `dest` from the first URL that yields the right bytes; return (sha256, url).
 
     Writes `dest.part`, resumes it with Range requests after a dropped connection (up to `retries` times per
     URL), checks size and sha256 (when known), then `os.replace`s it into place. A bad file is deleted and the
-    next mirror is tried. Ctrl-C keeps the .part for the next run. Raises `WeightsMissing` when every URL fails.
+    next mirror is tried. Ctrl-C keeps the .part for the next run. Raises `WeightsMissing` when every URL fails
+    (ending with `fix` when given, else the `vqclip weights download` / `verify` advice for registry models).
     """
     part = part_path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     _check_free_space(dest, size)
-    timeout = TIMEOUT if timeout is None else timeout
+    timeout = default_timeout() if timeout is None else timeout
     retries = RETRIES if retries is None else retries
     retry_wait = RETRY_WAIT if retry_wait is None else retry_wait
     failures: list[DownloadError] = []
@@ -201,13 +217,12 @@ def download_file(urls: Iterable[str], dest: Path, *, size: int | None, sha256: 
                                 label=label or dest.name, timeout=timeout, retries=retries, retry_wait=retry_wait)
         except DownloadError as e:
             failures.append(e)
-            if note is not None:
-                more = "; trying the next mirror" if i + 1 < len(urls) else ""
-                note(f"download from {e.url} failed: {e.reason}{more}")
+            if note is not None and i + 1 < len(urls):  # the last failure is the error itself: said once
+                note(f"download from {e.url} failed: {e.reason}; trying the next mirror")
             continue
         os.replace(part, dest)
         return got, url
-    raise _all_failed(label or dest.name, dest, failures)
+    raise _all_failed(label or dest.name, dest, failures, fix)
 
 
 def _download_one(url: str, part: Path, *, size: int | None, sha256: str | None, note: Note | None,
@@ -291,12 +306,14 @@ def _check_free_space(dest: Path, size: int | None) -> None:
                           f"{dest.parent}; free some space or pass --weights-dir")
 
 
-def _all_failed(label: str, dest: Path, failures: list[DownloadError]) -> WeightsMissing:
+def _all_failed(label: str, dest: Path, failures: list[DownloadError], fix: str | None = None) -> WeightsMissing:
     first = failures[0].url if failures else "(no URL)"
     if failures and all(f.network and not f.resumable for f in failures):
-        return WeightsMissing(f"cannot download {label}: {failures[0].reason}; run "
-                              f"`vqclip weights download {label}` when online, or save {first} as {dest}")
+        return WeightsMissing(f"cannot download {label}: {failures[0].reason}; " + (fix or (
+            f"run `vqclip weights download {label}` when online, or save {first} as {dest}")))
     detail = "; ".join(f"{f.url}: {f.reason}" for f in failures)
     kept = " (the partial file is kept; the same command resumes it)" if part_path(dest).exists() else ""
+    if fix:
+        return WeightsMissing(f"could not download {label}: {detail}{kept}; {fix}")
     return WeightsMissing(f"could not download {label}: {detail}{kept}; run `vqclip weights download {label}` to "
                           f"try again, or save a good copy as {dest} and run `vqclip weights verify {label}`")
