@@ -19,6 +19,7 @@ import statistics
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,11 @@ class _Tab(threading.Thread):
 def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
     req = urllib.request.Request(url + "api/jobs", data=json.dumps(body).encode(), method="POST",
                                  headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"the server refused the job: {e.read().decode(errors='replace')[:300]}") from None
 
 
 def _step_seconds(out: Path, run_id: str) -> list[float]:

@@ -23,7 +23,7 @@ def serve(
                                              "loopback; none on loopback unless given)."),
     device: Optional[List[str]] = typer.Option(None, "--device", metavar="DEVICE",
                                                help="A worker per device (repeatable), e.g. --device cuda:0 "
-                                                    "--device cuda:1 [default: auto]."),
+                                                    "--device cuda:1 (default: auto)."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir",
                                                help="Weights folder (default $VQCLIP_HOME or the user cache)."),
     no_download: bool = typer.Option(False, "--no-download", help="Never download weights; a job fails instead."),
@@ -76,8 +76,10 @@ def serve(
             stops.append(sig)
             if len(stops) == 1:
                 err_console.print("\n[yellow]Stopping: a running job finishes its step and is saved; queued jobs are "
-                                  "kept for the next start… (again: quit at once)[/]")
+                                  "kept for the next start… (Ctrl-C again quits without saving it)[/]")
                 server_state.begin_stop()
+            else:
+                server_state.jobs.abandon = True
             super().handle_exit(signal.SIGINT if len(stops) > 1 else sig, frame)
 
         def capture_signals(self) -> Any:  # uvicorn re-raises the signal afterwards; here the exit code says it

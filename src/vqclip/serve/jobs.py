@@ -76,6 +76,7 @@ class JobManager:
         self.stop_after = False
         self.restored = 0  # jobs offered again from the last run of the server
         self.closing = False
+        self.abandon = False  # a second Ctrl-C: stop waiting for the running job (it is not saved)
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self.file = ctx.output_dir / ".serve" / QUEUE_FILE
@@ -93,9 +94,12 @@ class JobManager:
         """Stop: running jobs finish their step and are saved (or, before their first step, go back to the
         queue); the queue is written for the next start."""
         self.request_stop()
-        if wait:
+        end = None if timeout is None else time.monotonic() + timeout
+        while wait and not self.abandon and any(t.is_alive() for t in self._threads):
+            if end is not None and time.monotonic() > end:
+                break
             for t in self._threads:
-                t.join(timeout)
+                t.join(0.1)
         with self._cond:
             self._save()
 
