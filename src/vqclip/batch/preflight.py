@@ -3,7 +3,8 @@ known name, or a .yaml with its .ckpt; with --no-download, already downloaded), 
 workers' devices, and that its size and cutouts fit each device's memory. A row that would fail is one line
 naming the row (`runs.csv:4: …`) now, not after the rows before it have run.
 
-Each distinct setting is checked once (a 100,000-row sweep over seeds checks one model). On a Ray cluster the
+The VQGAN, CLIP and memory checks are the VQGAN engine's; rows of other engines get the device check. Each
+distinct setting is checked once (a 100,000-row sweep over seeds checks one model). On a Ray cluster the
 files and devices are the cluster's, so only the local workers' rows are checked here.
 """
 
@@ -15,7 +16,7 @@ from typing import Any, Iterable
 from vqclip.errors import VqclipError
 
 _KEYS = ("model", "clip_model", "clip_pretrained", "width", "height", "cutn", "precision", "low_memory", "init_image",
-         "device")
+         "device", "engine")
 
 
 def check_rows(rows: Iterable[tuple[str, Any]], devices: list[str], *, weights_dir: str | None,
@@ -42,6 +43,8 @@ def check_rows(rows: Iterable[tuple[str, Any]], devices: list[str], *, weights_d
         cfg = RunConfig.model_validate(config) if isinstance(config, dict) else config
         try:
             _check_device(cfg.device, list(picked))
+            if getattr(cfg, "engine", "vqgan") != "vqgan":  # other engines check their own files when they load
+                continue
             spec = models.get(cfg.model)
             if cfg.model not in models:
                 spec = models[cfg.model] = _model_spec(cfg.model, weights_dir, download)
