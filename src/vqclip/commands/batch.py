@@ -201,10 +201,18 @@ def _lines(columns: tuple[str, ...], cells: Any) -> None:
     import sys
 
     write = sys.stdout.write
-    write("\t".join(columns) + "\n")
-    for row in cells:
-        write("\t".join(row) + "\n")
-    sys.stdout.flush()
+    try:
+        write("\t".join(columns) + "\n")
+        for row in cells:
+            write("\t".join(row) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `… --dry-run | head`: the reader has what it wanted
+        import os
+
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        except (OSError, ValueError):
+            pass
 
 
 def _per_step(output_dir: Path) -> tuple[float, str]:
