@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vqclip.batch.counts import (MAX_OPTION_CHARS, MAX_ROWS, check_count, count_runs, count_seeds, seed_spans,
+                                 sweep_sizes)
 from vqclip.batch.rowfile import fields, read_rows
 from vqclip.config import RunConfig, layered_values, load_config_file, validation_lines
 from vqclip.errors import UsageError, VqclipError
 
-MAX_ROWS = 100_000  # runs in one batch, unless --max-rows says otherwise
-MAX_OPTION_CHARS = 10_000  # --seeds, one --sweep
 
 
 @dataclass
@@ -41,36 +41,6 @@ class Row:
                 "config": self.config.model_dump(mode="json")}
 
 
-def seed_spans(text: str) -> list[tuple[int, int]]:
-    """`--seeds` as inclusive ranges, nothing expanded: `1-4,9` → [(1, 4), (9, 9)]."""
-    if len(text) > MAX_OPTION_CHARS:
-        raise UsageError(f"--seeds is {len(text):,} characters long; write a range A-B (e.g. 1-8)")
-    spans: list[tuple[int, int]] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if len(part) > 50:
-                raise ValueError
-            if "-" in part[1:]:
-                cut = part.index("-", 1)
-                lo, hi = int(part[:cut]), int(part[cut + 1:])
-                if hi < lo:
-                    raise ValueError
-            else:
-                lo = hi = int(part)
-            spans.append((lo, hi))
-    except ValueError:
-        raise UsageError(f"--seeds {text[:80]!r}: write a range A-B (e.g. 1-8) or a list (e.g. 3,7,9)") from None
-    if any(lo < 0 or hi >= 2**63 for lo, hi in spans):
-        raise UsageError(f"--seeds {text[:80]!r}: seeds are from 0 to {2**63 - 1}")
-    return spans
-
-
-def count_seeds(text: str | None) -> int:
-    """How many seeds `--seeds` gives (1 without it), counted, not listed."""
-    return 1 if text is None else sum(hi - lo + 1 for lo, hi in seed_spans(text))
-
-
 def parse_seeds(text: str | None, limit: int = MAX_ROWS) -> list[int] | None:
     """`--seeds 1-4` → [1, 2, 3, 4]; `--seeds 3,7,9` → [3, 7, 9]; more than `limit` seeds is a usage error."""
     if text is None:
@@ -85,9 +55,8 @@ def parse_seeds(text: str | None, limit: int = MAX_ROWS) -> list[int] | None:
 def parse_sweeps(sweeps: list[str] | None) -> list[tuple[str, list[str]]]:
     """`--sweep lr=0.05,0.1` (repeatable) → [("lr", ["0.05", "0.1"])]; values are typed by RunConfig."""
     out: list[tuple[str, list[str]]] = []
+    sweep_sizes(sweeps)  # bounded in length first
     for text in sweeps or []:
-        if len(text) > MAX_OPTION_CHARS:
-            raise UsageError(f"--sweep {text[:40]!r}… is {len(text):,} characters long; sweep fewer values")
         key, sep, values = text.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not values.strip():
@@ -100,22 +69,6 @@ def parse_sweeps(sweeps: list[str] | None) -> list[tuple[str, list[str]]]:
     return out
 
 
-def count_runs(rows: int, seeds: int = 1, repeat: int = 1, sweeps: list[tuple[str, list[str]]] | None = None) -> int:
-    """rows × each sweep's values × seeds × repeat: the batch's size, before any list is built."""
-    total = rows * seeds * max(1, repeat)
-    for _, values in sweeps or []:
-        total *= len(values)
-    return total
-
-
-def check_count(total: int, limit: int = MAX_ROWS, rows: int | None = None) -> None:
-    """More runs than `limit` is a usage error giving the count."""
-    if total > limit:
-        what = f" from {rows:,} row{'s' if rows != 1 else ''}" if rows is not None else ""
-        raise UsageError(f"the batch would be {total:,} runs{what}, more than the limit of {limit:,}; run fewer "
-                         "(fewer seeds, sweep values or --repeat), or raise the limit with --max-rows")
-
-
 def expand(path: str | Path, *, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
            seeds: list[int] | None = None, repeat: int = 1, sweeps: list[tuple[str, list[str]]] | None = None,
            read: list[tuple[int, dict[str, Any]]] | None = None, max_rows: int = MAX_ROWS) -> list[Row]:
@@ -124,7 +77,8 @@ def expand(path: str | Path, *, config_file: str | Path | None = None, overrides
     path = Path(path)
     user = load_config_file(config_file) if config_file is not None else None
     base = read if read is not None else read_rows(path)
-    check_count(count_runs(len(base), len(seeds) if seeds else 1, repeat, sweeps), max_rows, len(base))
+    check_count(count_runs(len(base), len(seeds) if seeds else 1, repeat, [len(v) for _, v in sweeps or []]),
+                max_rows, len(base))
     keys = [k for k, _ in sweeps or []]
     combos = list(itertools.product(*[v for _, v in sweeps or []])) or [()]
     rows: list[Row] = []
@@ -172,5 +126,5 @@ def estimate_seconds(rows: list[Row], per_step_s: float) -> float:
                / (480 * 480 * 32) for r in rows)
 
 
-__all__ = ["Row", "read_rows", "expand", "parse_seeds", "count_seeds", "parse_sweeps", "count_runs", "check_count",
-           "fingerprint", "estimate_seconds", "MAX_ROWS"]
+__all__ = ["Row", "read_rows", "expand", "parse_seeds", "count_seeds", "seed_spans", "parse_sweeps", "sweep_sizes",
+           "count_runs", "check_count", "fingerprint", "estimate_seconds", "MAX_ROWS", "MAX_OPTION_CHARS"]

@@ -48,9 +48,8 @@ def batch(
         vqclip batch prompts.txt --seeds 1-4 --steps 200
         vqclip batch runs.csv --sweep lr=0.05,0.1 --sweep cutn=16,32 --dry-run
     """
-    from vqclip.batch import rows as R
-    from vqclip.batch import start
-    from vqclip.batch.rowfile import hash_note
+    from vqclip.batch import counts
+    from vqclip.batch.rowfile import hash_note, read_rows
     from vqclip.errors import UsageError
     from vqclip.runs import check_output_dir
 
@@ -61,6 +60,13 @@ def batch(
         check_address(ray)
         require_ray()
         probe(ray, ray_timeout)
+    if resume_ref is None and file is not None:  # counted before pydantic, torch or any row is loaded
+        read = read_rows(file)
+        counts.check_count(counts.count_runs(len(read), counts.count_seeds(seeds), repeat, counts.sweep_sizes(sweep)),
+                           max_rows, len(read))
+    from vqclip.batch import rows as R
+    from vqclip.batch import start
+
     if resume_ref is not None:
         folder = start.resume(resume_ref, output_dir)
         settings = start.settings_of(folder)
@@ -74,9 +80,7 @@ def batch(
     else:
         if file is None:
             raise UsageError("give a batch file (.txt, .csv, .jsonl or .yaml), or --resume BATCH")
-        read = R.read_rows(file)
         sweeps = R.parse_sweeps(sweep)
-        R.check_count(R.count_runs(len(read), R.count_seeds(seeds), repeat, sweeps), max_rows, len(read))
         if file.suffix.lower() == ".txt" and (note := hash_note(read, file.name)):
             err_console.print(f"Note: {safe(note)}", markup=False)
         rows = R.expand(file, config_file=flags.config, seeds=R.parse_seeds(seeds, max_rows), repeat=repeat,
