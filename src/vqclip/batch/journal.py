@@ -216,11 +216,6 @@ class Journal:
                             "started=?, error=NULL WHERE row=?", (worker, self.owner.to_text(), now(), found[0]))
             return int(found[0])
 
-    def running(self, row: int, worker: str) -> bool:
-        """Claim `row` if it is pending (False when another process has it or it is no longer to do)."""
-        return self._set("UPDATE entries SET status='running', attempts=attempts+1, worker=?, owner=?, started=?, "
-                         "error=NULL WHERE row=? AND status='pending'", worker, self.owner.to_text(), now(), row) == 1
-
     def done(self, row: int, run_id: str, seconds: float | None = None) -> None:
         with self._tx():
             self.db.execute("UPDATE entries SET status='done', run_id=?, finished=?, seconds=?, error=NULL, "
