@@ -263,14 +263,16 @@ class Journal:
     def recover(self, found: dict[int, str]) -> int:
         """Claims of dead processes given up: a `running` row whose run folder exists (`found`: row → run id)
         is done, the others pending again (attempt not counted); a pending row whose folder exists is done too.
-        Rows another live process runs are left to it. Returns the count of rows found done."""
+        Rows another live process runs are left to it; this process's own claims are stale here (called before
+        it drives, e.g. after an exception in a process that runs batches one after another). Returns the count
+        of rows found done."""
         recovered = 0
         with self._tx():
             for row, status, text in self.db.execute("SELECT row, status, owner FROM entries "
                                                      "WHERE status IN ('pending', 'running')").fetchall():
                 owner = Owner.from_text(text) if status == "running" else None
-                if owner is not None and (owner == self.owner or owner.alive()):
-                    continue
+                if owner is not None and owner != self.owner and owner.alive():
+                    continue  # another live process runs it (this one has nothing in flight before it drives)
                 if row in found:
                     self.db.execute("UPDATE entries SET status='done', run_id=?, finished=?, error=NULL, owner=NULL "
                                     "WHERE row=?", (found[row], now(), row))
