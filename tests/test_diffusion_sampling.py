@@ -13,7 +13,8 @@ from vqclip.engine.diffusion.samplers import Sampler, sample, start_x
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    gd = pytest.importorskip("guided_diffusion.gaussian_diffusion", reason="the test extra installs guided-diffusion-sdk")
+    gd = pytest.importorskip("guided_diffusion.gaussian_diffusion",
+                             reason="the test extra installs guided-diffusion-sdk")
     respace = pytest.importorskip("guided_diffusion.respace")
     script_util = pytest.importorskip("guided_diffusion.script_util")
 

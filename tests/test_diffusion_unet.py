@@ -57,11 +57,13 @@ def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def compare_with_reference(image_size: int, class_cond: bool, channels: int, heads: int, side: int) -> None:
+    """Outputs and input gradients; our weights are frozen, as in guidance (the lean backward path)."""
     ref = randomised(reference(image_size, class_cond, channels, heads)).eval()
     cfg = UNetConfig(image_size=image_size, model_channels=channels, num_head_channels=heads,
                      num_classes=1000 if class_cond else None)
     ours = build_unet(cfg).eval()
     ours.load_state_dict(ref.state_dict(), strict=True)
+    ours.requires_grad_(False)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 3, side, side, generator=g)
     t = torch.tensor([417.0])
@@ -109,6 +111,35 @@ def test_gradient_checkpointing_changes_nothing_but_memory() -> None:
         outs.append((out.detach(), xi.grad))
     torch.testing.assert_close(outs[0][0], outs[1][0])
     torch.testing.assert_close(outs[0][1], outs[1][1])
+
+
+def saved_bytes(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """Bytes of the tensors autograd keeps for the backward pass of one forward (weights not counted)."""
+    weights = {p.data_ptr() for p in model.parameters()}
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        if tensor.data_ptr() not in weights:
+            total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    xi = x.clone().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = model(xi, t)
+    grad = torch.autograd.grad(out.square().sum(), xi)[0]
+    return total, grad
+
+
+def test_frozen_weights_keep_a_third_of_the_activations_for_the_same_gradient() -> None:
+    torch.manual_seed(0)
+    model = randomised(build_unet(TINY_UNET))
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([300.0])
+    trained, grad_trained = saved_bytes(model, x, t)
+    model.requires_grad_(False)
+    frozen, grad_frozen = saved_bytes(model, x, t)
+    torch.testing.assert_close(grad_frozen, grad_trained)
+    assert frozen < 0.45 * trained
 
 
 def test_bf16_torso_and_autocast_stay_close_to_fp32() -> None:

@@ -2,13 +2,13 @@
 app, and Disco Diffusion 5.x's `cond_fn`).
 
 Each step: x0 from the U-Net's own prediction (the graph runs back through the U-Net) or from the secondary model
-(the U-Net runs without gradient); `x_in = x0·√(1−ᾱ) + x_t·(1−√(1−ᾱ))` as in the peers; cutouts of `x_in`
-(overview cuts of the whole padded image + random inner crops with `cut_pow`) in `cutn_batches` batches → each
-CLIP model of the ensemble → spherical distance to its prompts (weights normalised by their sum, as the peers),
-times the model's weight and `clip_guidance_scale`; plus TV, saturation and init-image MSE on `x_in` and the range
-loss on x0. The CLIP gradient is taken per batch with respect to `x_in` only (so each batch's CLIP graph is freed
-at once), and one backward pass carries the total to `x_t`. The result is −∇, rescaled so its RMS is at most
-`clamp_max` (DD's `clamp_grad`); a non-finite gradient becomes zero for that step.
+(the U-Net runs without gradient); `x_in = x0·√(1−ᾱ) + x_t·(1−√(1−ᾱ))` as in the peers; cutouts of `x_in` (overview
+cuts of the whole padded image + random inner crops with `cut_pow`) in `cutn_batches` batches → each CLIP model of
+the ensemble → spherical distance to its prompts (weights normalised by their sum, as the peers), times the model's
+weight and `clip_guidance_scale`; plus TV, saturation and init-image MSE on `x_in` and the range loss on x0. The
+CLIP gradient is taken per batch with respect to `x_in` only (so each batch's CLIP graph is freed at once), and one
+backward pass carries the total to `x_t`. The result is −∇, rescaled so its RMS is at most `clamp_max` (DD's
+`clamp_grad`); a non-finite gradient becomes zero for that step.
 
 Unlike Disco Diffusion, whose range loss was differentiated with respect to `x_in` (where it does not appear, so
 `range_scale` did nothing there), the range loss here reaches `x_t`, as in the original notebook.

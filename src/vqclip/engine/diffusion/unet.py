@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from vqclip.engine.diffusion.nn import (AttentionBlock, Downsample, ResBlock, TimestepEmbedSequential, Upsample,
-                                        normalization, timestep_embedding)
+from vqclip.engine.diffusion.nn import (AttentionBlock, Conv2d, Downsample, ResBlock, TimestepEmbedSequential,
+                                        Upsample, norm_act, normalization, timestep_embedding)
 
 CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
 
@@ -100,7 +100,7 @@ class UNetModel(nn.Module):
             return AttentionBlock(ch, config.num_head_channels, config.num_heads)
 
         ch = input_ch = int(mult[0] * mc)
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(config.in_channels, ch, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(Conv2d(config.in_channels, ch, 3, padding=1))])
         chans, ds = [ch], 1
         for level, m in enumerate(mult):
             for _ in range(config.num_res_blocks):
@@ -127,7 +127,7 @@ class UNetModel(nn.Module):
                     layers.append(res(ch, ch, up=True) if config.resblock_updown else Upsample(ch, True))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(input_ch, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(), Conv2d(input_ch, config.out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
         self.compute_dtype = torch.float32
@@ -172,7 +172,7 @@ class UNetModel(nn.Module):
         h = self.middle_block(h, emb)
         for module in self.output_blocks:
             h = module(torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out(h.to(x.dtype))
+        return self.out[2](norm_act(self.out[0], h.to(x.dtype)))
 
 
 def build_unet(config: UNetConfig | str, device: torch.device | str | None = None) -> UNetModel:
