@@ -58,11 +58,12 @@ def build_app() -> Any:
     from vqclip.commands.continue_ import continue_run
     from vqclip.commands.animate import animate
     from vqclip.commands.batch import batch
+    from vqclip.commands.diffuse import diffuse
     from vqclip.commands.generate import generate
     from vqclip.commands.selftest import selftest
     from vqclip.commands.serve import serve  # light: starlette and uvicorn load when it runs
 
-    app = typer.Typer(help="VQGAN-CLIP art from the command line.", context_settings=CONTEXT, no_args_is_help=True,
+    app = typer.Typer(help="VQGAN-CLIP and CLIP-guided diffusion art from the command line.", context_settings=CONTEXT, no_args_is_help=True,
                       add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
                       cls=_lazy_group_class())
 
@@ -79,6 +80,7 @@ def build_app() -> Any:
     app.command(context_settings=CONTEXT)(generate)
     app.command("continue", context_settings=CONTEXT)(continue_run)
     app.command(context_settings=CONTEXT)(animate)
+    app.command(context_settings=CONTEXT)(diffuse)
     app.command(context_settings=CONTEXT)(batch)
     app.command(context_settings=CONTEXT)(selftest)
     app.command(context_settings=CONTEXT)(serve)  # then weights, runs and gallery (LAZY_GROUPS)

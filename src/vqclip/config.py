@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vqclip.config_knobs import ClipSpec, ClipStr, parse_clip_spec
 from vqclip.errors import VqclipError
 from vqclip.knobs import HELP, field_help
 from vqclip.prompts import (
@@ -119,6 +120,21 @@ class RunConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=HELP["precision"])
     low_memory: bool | None = Field(None, description=HELP["low_memory"])
     compile: bool = Field(False, description=HELP["compile"])
+    # CLIP ensembles (both engines) and CLIP-guided diffusion (`vqclip diffuse`)
+    clips: list[ClipStr] = Field(default_factory=list, max_length=8, description=HELP["clips"])
+    sampler: Literal["ddim", "plms"] = Field("ddim", description=HELP["sampler"])
+    eta: float = Field(0.8, ge=0, le=1, description=HELP["eta"])
+    guidance_scale: float = Field(1000.0, ge=0, le=1e7, description=HELP["guidance_scale"])
+    tv_scale: float = Field(150.0, ge=0, le=1e7, description=HELP["tv_scale"])
+    range_scale: float = Field(50.0, ge=0, le=1e7, description=HELP["range_scale"])
+    sat_scale: float = Field(0.0, ge=0, le=1e7, description=HELP["sat_scale"])
+    init_scale: float = Field(0.0, ge=0, le=1e7, description=HELP["init_scale"])
+    clamp_max: float = Field(0.05, ge=0, le=10, description=HELP["clamp_max"])
+    cutn_batches: int = Field(2, ge=1, le=64, description=HELP["cutn_batches"])
+    overview_cuts: int = Field(0, ge=0, le=64, description=HELP["overview_cuts"])
+    skip_steps: int = Field(0, ge=0, le=1_000_000, description=HELP["skip_steps"])
+    secondary: bool = Field(False, description=HELP["secondary"])
+    class_label: int | None = Field(None, ge=0, le=999, description=HELP["class_label"])
 
     @model_validator(mode="before")
     @classmethod
@@ -188,6 +204,21 @@ class RunConfig(BaseModel):
     @property
     def size(self) -> tuple[int, int]:
         return self.width, self.height
+
+    def clip_specs(self) -> list[ClipSpec]:
+        """The run's CLIP models, each with its weight: `clips` when given, else clip_model/clip_pretrained."""
+        if not self.clips:
+            return [ClipSpec(self.clip_model, self.clip_pretrained, 1.0)]
+        return [parse_clip_spec(c, self.clip_pretrained) for c in self.clips]
+
+    @model_validator(mode="after")
+    def _check_engine_knobs(self) -> RunConfig:
+        if self.clips and not any(spec.weight for spec in self.clip_specs()):
+            raise ValueError("clips: every CLIP model has weight 0; give one a weight above 0")
+        if self.engine == "diffusion" and self.skip_steps >= self.steps:
+            raise ValueError(f"skip_steps: {self.skip_steps} skips every one of the {self.steps} steps; give "
+                             f"--skip-steps below --steps")
+        return self
 
 
 @lru_cache(maxsize=1)
@@ -265,10 +296,27 @@ def _layer(merged: dict[str, Any], layer: dict[str, Any]) -> None:
     merged.update(layer)
 
 
+@lru_cache(maxsize=8)
+def _engine_defaults(engine: str) -> dict[str, Any]:
+    """`configs/engine-NAME.yaml`: what a run of that engine starts from instead of defaults.yaml ({} if none)."""
+    if not re.fullmatch(r"[a-z0-9_-]+", engine):
+        return {}
+    source = resources.files("vqclip") / "configs" / f"engine-{engine}.yaml"
+    if not source.is_file():
+        return {}
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
 def layered_values(*layers: dict[str, Any] | None) -> dict[str, Any]:
-    """defaults.yaml, then each layer in turn (keys whose value is None are ignored: CLI flags not given)."""
+    """defaults.yaml, the engine's own defaults (`configs/engine-NAME.yaml`, for the engine the layers name),
+    then each layer in turn (keys whose value is None are ignored: CLI flags not given)."""
     merged: dict[str, Any] = {}
     _layer(merged, default_values())
+    engine = next((layer["engine"] for layer in reversed(layers) if layer and isinstance(layer.get("engine"), str)),
+                  None)
+    if engine:
+        _layer(merged, dict(_engine_defaults(engine)))
     for layer in layers:
         if layer:
             _layer(merged, {key: value for key, value in layer.items() if value is not None})

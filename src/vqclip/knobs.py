@@ -38,6 +38,20 @@ HELP: dict[str, str] = {
     "precision": "Numeric precision of the models.",
     "low_memory": "Trade speed for memory; empty = decide from the estimate.",
     "compile": "torch.compile the models (slow first step, faster after).",
+    "clips": "CLIP ensemble, repeatable: MODEL/TAG:WEIGHT, tag and weight optional (ViT-B-16/openai, RN50/openai:0.5).",
+    "sampler": "Diffusion sampler: ddim (with --eta) or plms.",
+    "eta": "DDIM noise: 0 = deterministic, 1 = DDPM-like; Disco Diffusion uses 0.8.",
+    "guidance_scale": "How hard CLIP pulls the picture towards the prompts (diffusion).",
+    "tv_scale": "Smoothness: total-variation penalty on the predicted image (diffusion).",
+    "range_scale": "Penalty on pixels outside the valid range (diffusion).",
+    "sat_scale": "Saturation penalty (diffusion).",
+    "init_scale": "Pull towards the init image, MSE (diffusion).",
+    "clamp_max": "Cap on the guidance gradient's RMS per step; 0 = no cap (diffusion).",
+    "cutn_batches": "Batches of cutouts per step; each adds --cutn cutouts (diffusion).",
+    "overview_cuts": "Cutouts of the whole image, padded square, per batch (diffusion).",
+    "skip_steps": "Steps of the schedule an init image skips: more keeps more of it (diffusion).",
+    "secondary": "Guide through the small secondary model: faster, less memory, some quality lost (diffusion).",
+    "class_label": "ImageNet class (0-999) for the class-conditional 512x512_diffusion model; empty = random.",
 }
 
 

@@ -42,3 +42,31 @@ def show_estimate(config: Any, *, weights_dir: Optional[Path] = None) -> None:
         best = est.largest.get(lm)
         shown = f"{best[0]}x{best[1]}" if best else "none"
         out_console.print(f"Largest size that fits ({label}, cutn {config.cutn}): {shown}")
+
+
+def show_diffusion_estimate(config: Any, *, inputs: Any) -> None:
+    """`vqclip diffuse --dry-run`: the estimated peak per mode, and whether it fits; exit 1 when none does."""
+    from vqclip.errors import VqclipError
+    from vqclip.pipeline.memory import fmt
+    from vqclip.pipeline.memory_diffusion import dry_run
+
+    est = dry_run(config, inputs, note=lambda line: out_console.print(line, markup=False))
+    w, h = est["size"]
+    table = Table(title=f"Estimated peak memory: {w}x{h}, cutn {config.cutn}, {config.model} on {est['device']} "
+                        f"({est['precision']})", title_justify="left")
+    table.add_column("mode")
+    table.add_column("estimated peak", justify="right")
+    for label, key in (("guided through the U-Net", "normal"), ("--low-memory (checkpointing)", "low_memory"),
+                       ("--secondary (the small model guides)", "secondary")):
+        table.add_row(label, fmt(est[key]))
+    out_console.print(table)
+    budget = est["budget"]
+    if budget is None:
+        out_console.print("Available memory unknown.")
+        return
+    chosen = est["secondary"] if config.secondary else est["low_memory"] if config.low_memory else est["normal"]
+    verdict = "fits" if chosen <= budget else "does NOT fit"
+    out_console.print(f"Available on {est['device']}: {fmt(budget)} → this run {verdict}.")
+    if chosen > budget:
+        raise VqclipError(f"the run needs about {fmt(chosen)} and {fmt(budget)} is available; pass --low-memory or "
+                          "--secondary, or a smaller --size")

@@ -42,6 +42,20 @@ DEVICE = _o("device", "--device")
 PRECISION = _o("precision", "--precision", metavar="auto|fp32|bf16|fp16")
 LOW_MEMORY = _o("low_memory", "--low-memory/--no-low-memory")
 COMPILE = _o("compile", "--compile/--no-compile")
+CLIPS = _o("clips", "--clip", metavar="MODEL/TAG:W")
+SAMPLER = _o("sampler", "--sampler", metavar="ddim|plms")
+ETA = _o("eta", "--eta")
+GUIDANCE_SCALE = _o("guidance_scale", "--guidance-scale")
+TV_SCALE = _o("tv_scale", "--tv-scale")
+RANGE_SCALE = _o("range_scale", "--range-scale")
+SAT_SCALE = _o("sat_scale", "--sat-scale")
+INIT_SCALE = _o("init_scale", "--init-scale")
+CLAMP_MAX = _o("clamp_max", "--clamp-max")
+CUTN_BATCHES = _o("cutn_batches", "--cutn-batches")
+OVERVIEW_CUTS = _o("overview_cuts", "--overview-cuts")
+SKIP_STEPS = _o("skip_steps", "--skip-steps")
+SECONDARY = _o("secondary", "--secondary/--no-secondary")
+CLASS_LABEL = _o("class_label", "--class-label")
 CONFIG = typer.Option(None, "--config", "-c", metavar="FILE.yaml", help="A YAML file of settings (flags win).")
 OUTPUT_DIR = typer.Option(Path("output"), "--output-dir", "-o", help="Where run folders go.")
 WEIGHTS_DIR = typer.Option(None, "--weights-dir", help="Weights folder (default $VQCLIP_HOME or the user cache).")
@@ -78,12 +92,33 @@ SHARED: list[tuple[str, Any, Any, Optional[str]]] = [
     ("precision", Optional[str], PRECISION, "precision"),
     ("low_memory", Optional[bool], LOW_MEMORY, "low_memory"),
     ("compile", Optional[bool], COMPILE, "compile"),
+    ("clip", Optional[List[str]], CLIPS, "clips"),
     ("config", Optional[Path], CONFIG, None),
     ("weights_dir", Optional[Path], WEIGHTS_DIR, None),
     ("no_download", bool, NO_DOWNLOAD, None),
     ("trust_checkpoint", Optional[List[Path]], TRUST, None),
     ("quiet", bool, QUIET, None),
 ]
+
+
+# The options of CLIP-guided diffusion (`vqclip diffuse`); with SHARED, less the VQGAN's optimiser knobs.
+DIFFUSION: list[tuple[str, Any, Any, Optional[str]]] = [
+    ("sampler", Optional[str], SAMPLER, "sampler"),
+    ("eta", Optional[float], ETA, "eta"),
+    ("guidance_scale", Optional[float], GUIDANCE_SCALE, "guidance_scale"),
+    ("tv_scale", Optional[float], TV_SCALE, "tv_scale"),
+    ("range_scale", Optional[float], RANGE_SCALE, "range_scale"),
+    ("sat_scale", Optional[float], SAT_SCALE, "sat_scale"),
+    ("init_scale", Optional[float], INIT_SCALE, "init_scale"),
+    ("clamp_max", Optional[float], CLAMP_MAX, "clamp_max"),
+    ("cutn_batches", Optional[int], CUTN_BATCHES, "cutn_batches"),
+    ("overview_cuts", Optional[int], OVERVIEW_CUTS, "overview_cuts"),
+    ("skip_steps", Optional[int], SKIP_STEPS, "skip_steps"),
+    ("secondary", Optional[bool], SECONDARY, "secondary"),
+    ("class_label", Optional[int], CLASS_LABEL, "class_label"),
+]
+VQGAN_ONLY = ("optimizer", "lr", "init_weight", "init_weight_decay", "init_weight_decay_every", "tv_weight",
+              "compile")
 
 
 @dataclass
@@ -94,7 +129,8 @@ class RunFlags:
 
     def overrides(self, **more: Any) -> dict[str, Any]:
         """RunConfig overrides for what was given (plus `more`, e.g. a prompt argument), --size expanded."""
-        values = {field: self.given.get(name) for name, _, _, field in SHARED if field and name in self.given}
+        values = {field: self.given.get(name) for name, _, _, field in SHARED + DIFFUSION
+                  if field and name in self.given}
         return overrides(self.given.get("size"), **values, **more)
 
     @property
@@ -118,15 +154,18 @@ class RunFlags:
         return bool(self.given.get("quiet", False))
 
 
-def run_options(*, skip: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add the SHARED options (less `skip`) to a command, after its own; it receives them as `flags: RunFlags`.
-    Typer reads the combined signature, so each option is declared here once for every command that runs."""
+def run_options(*, skip: tuple[str, ...] = (), diffusion: bool = False
+                ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add the SHARED options (less `skip`; with `diffusion`, the DIFFUSION ones too) to a command, after its own;
+    it receives them as `flags: RunFlags`. Typer reads the combined signature, so each option is declared here
+    once for every command that runs."""
+    table = SHARED + (DIFFUSION if diffusion else [])
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         own = [p for p in inspect.signature(func).parameters.values() if p.name != "flags"]
-        names = [name for name, _, _, _ in SHARED if name not in skip]
+        names = [name for name, _, _, _ in table if name not in skip]
         extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-                 for name, kind, option, _ in SHARED if name in names]
+                 for name, kind, option, _ in table if name in names]
 
         @functools.wraps(func)
         def command(*args: Any, **kwargs: Any) -> Any:

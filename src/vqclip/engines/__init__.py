@@ -52,5 +52,7 @@ register(EngineRow("vqgan", "VQGAN-CLIP: a VQGAN latent optimised so CLIP likes 
                    _module("vqclip.engines.vqgan")))
 register(EngineRow("animation", "VQGAN-CLIP frames, the camera moved between them (zoom, turn, pan)",
                    _module("vqclip.engines.animation")))
+register(EngineRow("diffusion", "CLIP-guided diffusion: OpenAI's ImageNet U-Net denoising towards the prompts",
+                   _module("vqclip.engines.diffusion")))
 
 __all__ = ["ENGINES", "EngineRow", "engine_kind", "register"]

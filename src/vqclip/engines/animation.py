@@ -26,9 +26,10 @@ from vqclip.runfolder import names
 from vqclip.runfolder.record import BadRun
 from vqclip.steps import Result
 
-__all__ = ["AnimationEngine", "build", "check_state", "plan_continue", "CONTINUE_OPTIONS"]
+__all__ = ["AnimationEngine", "build", "check_state", "plan_continue", "CONTINUE_OPTIONS", "CONTINUE_ADDS_STEPS"]
 
 CONTINUE_OPTIONS = ("frames",)  # `vqclip continue RUN --frames M`
+CONTINUE_ADDS_STEPS = False  # an interrupted animation finishes its frames (plan_continue), not a number of steps
 CHANGEABLE = {"device", "precision"}  # what may change when an animation goes on; the rest carries over
 
 
@@ -241,6 +242,5 @@ def plan_continue(plan: Any, setup: Setup) -> None:
     if resume.start != "state" or resume.state is None:
         raise BadRun(f"{parent.path / names.STATE} is missing or unusable; an animation continues from its frames "
                      "and state — start anew with `vqclip animate`")
-    plan.notes[:] = [n for n in plan.notes if "interrupted after" not in n]
     plan.options = {"animation": anim.model_copy(update={"frames": frames,
                                                          "story_frames": anim.story_frames or anim.frames})}

@@ -17,12 +17,12 @@ from typing import Any
 from vqclip.runfolder.record import Files
 from vqclip.runs import RunInfo
 
-CARD_VERSION = 7  # bump when card fields or coercion change: cached cards are then rebuilt
+CARD_VERSION = 8  # bump when card fields or coercion change: cached cards are then rebuilt
 
 # Every card has these; a cached card without one of them (a hand-edited cache) is made afresh.
 CARD_KEYS = frozenset({"id", "prompt", "model", "clip", "w", "h", "steps", "planned", "seed", "status", "error",
                        "date", "iso", "seconds", "parent", "root", "stage", "declared", "frames", "score",
-                       "batch"})
+                       "batch", "engine"})
 
 MAX_PROMPT = 4000  # a pasted novel should not make a 2,000-run page heavy
 MAX_LABEL = 120
@@ -135,6 +135,7 @@ def card_from_run(run: RunInfo) -> dict[str, Any]:
         "frames": _frames_done(r.animation),
         "score": _score(r.score),
         "batch": _batch(r.batch),
+        "engine": as_text(r.engine_name, 40),  # vqgan | animation | diffusion | …: the card's badge
     }
 
 

@@ -22,6 +22,7 @@ class ModelCache:
         self.loads = 0
         self._models: dict[tuple[Any, ...], Any] = {}
         self._dtypes: dict[int, Any] = {}  # id(models) -> the weight dtype it is stored in (None: as loaded)
+        self._others: dict[tuple[Any, ...], Any] = {}  # `keep`: models other than a VQGAN + CLIP pair
 
     @staticmethod
     def _key(args: tuple[Any, ...], encoder: bool, trust: bool, weight_dtype: Any) -> tuple[Any, ...]:
@@ -61,9 +62,26 @@ class ModelCache:
             models.clip.set_weight_dtype(dtype)
             self._dtypes[id(models)] = dtype
 
+    def keep(self, key: tuple[Any, ...], load: Any) -> Any:
+        """Any other model (a diffusion U-Net, a CLIP of an ensemble) by `key`: `load()` only when not kept;
+        at most 4 × `keep` of them stay (the least recently used goes first)."""
+        if key in self._others:
+            self._others[key] = model = self._others.pop(key)
+            return model
+        while len(self._others) >= 4 * self.keep:
+            self._others.pop(next(iter(self._others)))
+            import gc
+
+            gc.collect()
+        model = load()
+        self.loads += 1
+        self._others[key] = model
+        return model
+
     def clear(self) -> None:
         self._models.clear()
         self._dtypes.clear()
+        self._others.clear()
 
 
 __all__ = ["ModelCache"]

@@ -110,7 +110,7 @@ def plan_continue(parent: RunInfo, overrides: dict[str, Any] | None = None, *, r
     rep = reporter or Reporter()
     done, planned = record.steps_done, record.steps_planned
     finish = (record.status == "interrupted" and "steps" not in overrides and done is not None
-              and planned is not None and planned > done and record.animation is None)
+              and planned is not None and planned > done and getattr(kind, "CONTINUE_ADDS_STEPS", True))
     if finish:  # an interrupted run without --steps: finish it (same bytes as had it not been interrupted)
         overrides["steps"] = planned - done
     given = dict(overrides)

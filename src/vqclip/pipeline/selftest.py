@@ -84,4 +84,31 @@ def run_selftest(keep: Path | None = None, steps: int = 6, device: str = "auto")
                        f"{bad} of {len(losses)} not finite" if bad or not finite
                        else f"{finite[0]:.4f} → {finite[-1]:.4f}"))
 
+        checks += _diffusion_checks(root / "models", clip_json, clip_ckpt, device, out_dir)
+
     return SelftestReport(checks, record, versions(), build_s, folder if keep else None)
+
+
+def _diffusion_checks(models: Path, clip_json: Path, clip_ckpt: Path, device: str,
+                      out_dir: Path) -> list[tuple[str, bool, str]]:
+    """Two steps of CLIP-guided diffusion on a tiny ADM U-Net (the real key layout, its architecture in a .json
+    beside it) with the same tiny CLIP."""
+    from PIL import Image
+
+    from vqclip.config import build_config
+    from vqclip.pipeline.execute import execute
+    from vqclip.pipeline.request import Inputs, Reporter, RunRequest
+    from vqclip.testing_diffusion import make_tiny_unet
+    from vqclip.weights.diffusion_files import write_unet_config
+
+    unet, config = make_tiny_unet(models, "vqclip-selftest-unet")
+    write_unet_config(unet, config)
+    cfg = build_config(None, {"engine": "diffusion", "prompt": "a red square", "model": str(unet),
+                              "clip_model": str(clip_json), "clip_pretrained": str(clip_ckpt), "width": 64,
+                              "height": 64, "steps": 2, "cutn": 4, "cutn_batches": 1, "seed": 0, "device": device})
+    outcome = execute(RunRequest(config=cfg, output_dir=out_dir, inputs=Inputs(download=False)), Reporter())
+    with Image.open(outcome.path / IMAGE) as img:
+        size_ok = img.size == (64, 64) and "parameters" in img.text
+    return [("diffusion run", outcome.status == "finished" and outcome.record.engine == "diffusion",
+             f"{outcome.status}, {outcome.steps_done} steps"),
+            (f"diffusion {IMAGE}", size_ok, "64x64")]

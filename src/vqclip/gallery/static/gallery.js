@@ -104,6 +104,12 @@
     } else {
       media.appendChild(el("div", "noimg", r.image === true ? "image unreadable" : "no image"));
     }
+    var engine = str(r.engine);
+    if (engine && engine !== "vqgan" && engine !== "animation") {  // animations show their frames already
+      var kind = el("span", "engine", engine);
+      kind.title = "made by the " + engine + " engine";
+      media.appendChild(kind);
+    }
     var status = str(r.status);
     if (status && status !== "finished") {
       var badge = el("span", "badge");
