@@ -27,6 +27,15 @@ def selftest(
 
     from vqclip.pipeline.selftest import run_selftest
 
+    if keep is not None:
+        from vqclip.errors import VqclipError
+        from vqclip.files import path_problem
+        from vqclip.runfolder.guard import refuse_run_path
+
+        problem = path_problem(keep, "folder")
+        if problem:
+            raise VqclipError(f"--keep {keep} {problem}; pass --keep a folder")
+        refuse_run_path(keep, "--keep", "the test run")
     report = run_selftest(keep=keep, steps=steps, device=device)
     table = Table(title="vqclip selftest", show_header=True, header_style="bold")
     table.add_column("check")
