@@ -54,6 +54,12 @@ def test_diffuse_makes_a_run_folder(tiny, tmp_path):
 
     with Image.open(run / "output.png") as img:
         assert img.size == (64, 64) and "parameters" in img.text
+    import re
+
+    from vqclip.gallery import build_gallery
+
+    build_gallery(tmp_path / "out")  # the gallery's card says which engine made it
+    assert re.search(r'"engine":\s*"diffusion"', (tmp_path / "out" / "index.html").read_text())
 
 
 def test_stop_then_continue_is_exact(tiny, tmp_path):

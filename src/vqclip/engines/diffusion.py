@@ -67,6 +67,7 @@ class DiffusionEngine(Engine):
                                                 on_note=self.setup.note)
         self.precision = dataclasses.replace(precision, weights=None)  # the U-Net's torso casts itself
         self.held["device"] = self.device
+        self.low_memory = self._low_memory()
         t0 = time.perf_counter()
         self._load_models()
         self.load_s = time.perf_counter() - t0
@@ -90,7 +91,7 @@ class DiffusionEngine(Engine):
                              lambda: load_unet(self.files.path, self.unet_config, trust=trust, device=device))
             if self.precision.decoder is not None:  # the torso in fp16/bf16; norms and the head stay fp32
                 self.unet.set_compute_dtype(self.precision.decoder)
-            self.unet.set_gradient_checkpointing(bool(cfg.low_memory))
+            self.unet.set_gradient_checkpointing(self.low_memory)
             self.secondary = None
             if self.secondary_files is not None:
                 path = self.secondary_files.path
@@ -108,6 +109,23 @@ class DiffusionEngine(Engine):
                 raise VqclipError(f"the GPU ({device}) ran out of memory while loading {cfg.model} and CLIP; close "
                                   "other programs using it, pass --secondary, or use --device cpu") from None
             raise
+
+    def _low_memory(self) -> bool:
+        """--low-memory as asked; undecided: on when the estimate does not fit the device (with a note)."""
+        from vqclip.pipeline.budget import memory_budget
+        from vqclip.pipeline.memory import fmt
+        from vqclip.pipeline.memory_diffusion import estimate_bytes
+
+        cfg = self.setup.config
+        if cfg.low_memory is not None or cfg.secondary:
+            return bool(cfg.low_memory)
+        need = estimate_bytes(self.unet_config, self.size, cfg, self.precision, secondary=False)
+        budget = memory_budget(self.device)
+        if budget is None or need <= budget:
+            return False
+        self.setup.note(f"about {fmt(need)} needed and {fmt(budget)} available: gradient checkpointing through the "
+                        "U-Net is on (--low-memory); --secondary needs less still")
+        return True
 
     def input_files(self) -> list[InputFile]:
         kept = []
@@ -229,7 +247,7 @@ class DiffusionEngine(Engine):
 
         cfg, first = self.setup.config, self.clips[0][0]
         return dict(seed=self.seed, size=self.size, device=str(self.device), precision=self.precision.describe(),
-                    low_memory=bool(cfg.low_memory), versions=versions(),
+                    low_memory=self.low_memory, versions=versions(),
                     memory_estimate_mb=round(_estimate(self) / 2**20),
                     weights=Weights(name=self.files.name, sha256=self.files.sha256, source=self.files.source,
                                     path=str(self.files.path)),
@@ -328,7 +346,8 @@ def _to_image(x: Any) -> Any:
 def _estimate(engine: DiffusionEngine) -> int:
     from vqclip.pipeline.memory_diffusion import estimate_bytes
 
-    return estimate_bytes(engine.unet_config, engine.size, engine.setup.config, engine.precision,
+    run = engine.setup.config.model_copy(update={"low_memory": engine.low_memory})
+    return estimate_bytes(engine.unet_config, engine.size, run, engine.precision,
                           secondary=engine.secondary is not None)
 
 
