@@ -369,3 +369,18 @@ def test_piped_output_is_not_wrapped(tmp_path: Path) -> None:
     for prompt in prompts:  # each prompt whole on one line of the table, not split over several
         assert any(prompt in line for line in stdout.splitlines()), stdout
     assert max(len(line) for line in stdout.splitlines()) > 120
+
+
+def test_no_library_message_is_sliced_mid_word() -> None:
+    """A library's error text quoted in a message goes through `vqclip.errors.one_line`/`shorten` (cut at a word,
+    with "…"), never a bare slice such as `str(e)[:120]` or `….splitlines()[0][:200]`."""
+    import re
+
+    sliced = re.compile(r"(str\(e\w*\)|splitlines\(\)(?: or \[[^\]]*\])?\)?\[-?\d\]|lines\[-?\d\])\[:\d+\]")
+    src = Path(__file__).resolve().parents[1] / "src" / "vqclip"
+    found = [f"{p.relative_to(src)}:{n}: {line.strip()}" for p in sorted(src.rglob("*.py"))
+             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1) if sliced.search(line)]
+    assert not found, "\n".join(found)
+    from vqclip.errors import shorten
+
+    assert shorten("alpha bravo charlie delta", 16) == "alpha bravo…"

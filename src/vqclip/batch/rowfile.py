@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vqclip.errors import VqclipError
+from vqclip.errors import VqclipError, one_line
 
 LIST_FIELDS = ("image_prompts", "noise_prompts")
 FORMATS = (".txt", ".csv", ".jsonl", ".yaml", ".yml")
@@ -120,7 +120,7 @@ def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
             except _Duplicate as e:
                 raise VqclipError(f"{name}:{n}: {e.key!r} is given twice in this row; give each setting once") from None
             except (ValueError, RecursionError) as e:
-                raise VqclipError(f"{name}:{n}: not JSON ({str(e).splitlines()[0][:80]})") from None
+                raise VqclipError(f"{name}:{n}: not JSON ({one_line(e, 80, typed=False)})") from None
             if not isinstance(data, dict):
                 raise VqclipError(f"{name}:{n}: not a JSON object; write one {{\"prompt\": …}} per line")
             out.append((n, data))

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from vqclip.engine.precision import Precision, choose_precision
-from vqclip.errors import VqclipError
+from vqclip.errors import VqclipError, one_line
 
 
 def resolve_device(asked_device: str = "auto", asked_precision: str = "auto",
@@ -57,8 +57,7 @@ def probe_device(device: torch.device) -> str | None:
                 _probe_op(device)
             _PROBED[key] = None
         except Exception as e:  # RuntimeError / torch.AcceleratorError, or anything a broken driver raises
-            lines = str(e).strip().splitlines()
-            _PROBED[key] = (lines[0][:200] if lines else type(e).__name__)
+            _PROBED[key] = one_line(e, 200, typed=False)
     return _PROBED[key]
 
 

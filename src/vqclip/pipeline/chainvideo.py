@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vqclip.errors import one_line
+
 
 def _frames(path: Path) -> Any:
     import imageio.v2 as imageio
@@ -54,7 +56,7 @@ def combine_videos(sources: list[Path], dest: Path, fps: int) -> Path | None:
                     frame = canvas
                 writer.append(frame)
     except Exception as e:  # a broken stage video must not lose the runs themselves
-        writer.error = writer.error or f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        writer.error = writer.error or one_line(e, 200)
     return writer.close()
 
 

@@ -27,7 +27,7 @@ from typing import Annotated, Any, ClassVar, Optional
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_serializer
 
 from vqclip import files
-from vqclip.errors import VqclipError
+from vqclip.errors import VqclipError, one_line
 
 from vqclip.runfolder.names import DETAILS, IMAGE, STATE, VIDEO  # noqa: F401  (re-exported)
 SCHEMA = 1
@@ -296,8 +296,7 @@ def read_details(folder: Path) -> dict[str, Any]:
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also a 5,000-digit number
-        first = (str(e).splitlines() or [""])[0][:120]
-        raise BadRun(f"{path} is corrupt ({type(e).__name__}: {first}); fix or remove that run folder",
+        raise BadRun(f"{path} is corrupt ({one_line(e, 120)}); fix or remove that run folder",
                      folder) from None
     if not isinstance(data, dict):
         raise BadRun(f"{path} is corrupt (not a JSON object); fix or remove that run folder", folder)

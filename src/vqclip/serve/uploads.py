@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from vqclip.errors import VqclipError
+from vqclip.errors import VqclipError, one_line
 
 MAX_BYTES = 16 * 1024 * 1024
 MAX_PIXELS = 4096 * 4096
@@ -54,7 +54,8 @@ def open_checked(data: bytes, what: str = "upload") -> Any:
         raise UploadError(f"{what} claims more pixels than any image worth decoding (the most is {MAX_SIDE} per "
                           f"side and {MAX_PIXELS // 10**6} megapixels in all); scale it down", 413) from None
     except (OSError, ValueError) as e:
-        raise UploadError(f"{what} cannot be read ({str(e)[:100]}); send a PNG, JPEG or WebP image", 415) from None
+        raise UploadError(f"{what} cannot be read ({one_line(e, 100, typed=False)}); send a PNG, JPEG or WebP "
+                          "image", 415) from None
     w, h = img.size
     if w < 1 or h < 1 or w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
         raise UploadError(f"{what} is {w}x{h} pixels; the most is {MAX_SIDE} per side and "
@@ -63,7 +64,7 @@ def open_checked(data: bytes, what: str = "upload") -> Any:
         img.load()
         return img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UploadError(f"{what} is a damaged image ({str(e)[:100]}); send it again or another file",
+        raise UploadError(f"{what} is a damaged image ({one_line(e, 100, typed=False)}); send it again or another file",
                           415) from None
 
 
@@ -138,7 +139,7 @@ def png_parameters(data: bytes) -> dict[str, Any]:
     except Image.DecompressionBombError:
         raise UploadError("the PNG claims more pixels than a run image can have", 413) from None
     except Exception as e:  # Pillow raises many types for damaged files
-        raise UploadError(f"the PNG cannot be read ({str(e)[:100]})", 415) from None
+        raise UploadError(f"the PNG cannot be read ({one_line(e, 100, typed=False)})", 415) from None
     raw = text.get("parameters")
     if not raw:
         raise UploadError("this PNG carries no vqclip settings (no 'parameters' text chunk)", 422)

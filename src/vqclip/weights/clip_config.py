@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from vqclip.errors import VqclipError
+from vqclip.errors import VqclipError, one_line
 
 MAX_CONFIG_BYTES = 1 << 20  # the biggest shipped config is about 1 kB
 MAX_PARAMETERS = 10_000_000_000  # 4x ViT-bigG-14; beyond this no machine vqclip runs on holds the model
@@ -74,8 +74,7 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise VqclipError(f"CLIP model config {path} is not JSON ({type(e).__name__}: "
-                          f"{(str(e).splitlines() or [''])[0][:100]}); {FIX}") from None
+        raise VqclipError(f"CLIP model config {path} is not JSON ({one_line(e, 100)}); {FIX}") from None
     if not isinstance(data, dict):
         raise VqclipError(f"CLIP model config {path} is JSON but not an object; {FIX}")
     return data
