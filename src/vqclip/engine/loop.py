@@ -22,9 +22,11 @@ import torch
 
 from vqclip.engine.cutouts import Cutouts
 from vqclip.engine.compile import compiled
+from vqclip.engine.ensemble import Member, cut_size, is_ensemble, model_input
 from vqclip.engine.heap import trim_heap
 from vqclip.engine.losses import Prompt, init_weight_at, tv_loss
 from vqclip.engine.ops import clamp_with_grad
+from vqclip.engine.pending import Host, Pending, report_lag
 from vqclip.errors import one_line
 from vqclip.steps import Result, StepInfo
 
@@ -79,28 +81,34 @@ def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.op
 
 
 class Session:
-    """One run of the loop over a latent grid; holds z, optimizer and RNGs between `run` calls."""
+    """One run of the loop over a latent grid; holds z, optimizer and RNGs between `run` calls.
+
+    `clip`: one CLIP model, or the members of a CLIP ensemble (`engine.ensemble`), whose `prompts` are then
+    EnsemblePrompts (one embedding per model)."""
 
     def __init__(self, settings: LoopSettings, vqgan: Any, clip: Any, prompts: list[Prompt],
                  device: torch.device, *, init_z: torch.Tensor | None = None,
                  state: dict[str, Any] | None = None) -> None:
         self.s = settings
         self.vqgan = vqgan
-        self.clip = clip
+        self.members: list[Member] = list(clip) if isinstance(clip, (list, tuple)) else [Member(clip, 1.0)]
+        self._active = [k for k, m in enumerate(self.members) if m.weight > 0]
+        if not self._active:
+            raise ValueError("every CLIP model of the ensemble has weight 0; give one a weight above 0")
+        self.ensemble = is_ensemble(self.members)
+        self.clip = self.members[0].clip  # the first model: a single run's only one, the CLIP score's
         self.prompts = prompts
         self.device = device
         f = vqgan.factor
         self.grid = (settings.height // f, settings.width // f)
-        self.cutouts = Cutouts(clip.input_size, settings.cutn, settings.cut_pow, settings.augment,
+        self.cutouts = Cutouts(cut_size(self.members), settings.cutn, settings.cut_pow, settings.augment,
                                settings.noise_fac)
         self.gen = torch.Generator().manual_seed(settings.seed)
         self.noise_gen = (torch.Generator(device=device).manual_seed(settings.seed + 1)
                           if device.type != "cpu" else self.gen)
         self.z_min, self.z_max = vqgan.z_bounds()
         self.notes: list[str] = []  # things the caller should tell the user (set while loading a state)
-        self._encode_image: Callable[[torch.Tensor], torch.Tensor] = self._eager_encode
-        if settings.compile:
-            self._encode_image = compiled(self._eager_encode)
+        self._encoders = [self._encoder(m.clip) for m in self.members]  # one per model (compiled or eager)
         if state is not None:
             self._load_state(state)
         else:
@@ -186,21 +194,36 @@ class Session:
     @property
     def compile_error(self) -> str | None:
         """Why `--compile` fell back to eager mode (None when it did not, or was not asked for)."""
-        return getattr(self._encode_image, "error", None)
+        return next((e for e in (getattr(f, "error", None) for f in self._encoders) if e), None)
 
-    def _eager_encode(self, cuts: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_image(cuts, self.s.clip_autocast_dtype)
+    def _encoder(self, clip: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        def encode(cuts: torch.Tensor) -> torch.Tensor:
+            return clip.encode_image(cuts, self.s.clip_autocast_dtype)
+
+        return compiled(encode) if self.s.compile else encode
 
     @torch.no_grad()
     def image(self) -> torch.Tensor:
         """The current latent decoded: [3, H, W] in [0, 1] on the CPU."""
         return self.synth(self.z)[0].float().cpu()
 
-    def _prompt_losses(self, cuts: torch.Tensor, share: float = 1.0) -> dict[str, torch.Tensor]:
-        """Each prompt's loss over these cutouts, scaled by `share` (their part of all cutouts)."""
-        embeds = self._encode_image(cuts).float()
-        return {p.label or f"prompt{i}": p(embeds) if share == 1.0 else p(embeds) * share
-                for i, p in enumerate(self.prompts)}
+    def _prompt_losses(self, cuts: torch.Tensor, share: float = 1.0, only: int | None = None
+                       ) -> dict[str, torch.Tensor]:
+        """Each prompt's loss over these cutouts, scaled by `share` (their part of all cutouts): under the one
+        CLIP, or the weighted sum over the ensemble's models that take part (`only`: model `only` alone)."""
+        losses: dict[str, torch.Tensor] = {}
+        for k in self._active if only is None else [only]:
+            weight = self.members[k].weight
+            x = model_input(cuts, self.members[k].clip) if self.ensemble else cuts
+            embeds = self._encoders[k](x).float()
+            terms = {}  # by label (a repeated label keeps the last prompt's term, as it always has)
+            for i, p in enumerate(self.prompts):
+                term = (p.per_model[k] if self.ensemble else p)(embeds)  # type: ignore[attr-defined]
+                term = term * weight if weight != 1.0 else term
+                terms[p.label or f"prompt{i}"] = term if share == 1.0 else term * share
+            for label, term in terms.items():
+                losses[label] = losses[label] + term if label in losses else term
+        return losses
 
     def _other_losses(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
@@ -220,7 +243,9 @@ class Session:
         times the loss scale accumulated into `z.grad`."""
         self._trim()
         chunk, scale = self.s.clip_chunk, self.s.loss_scale
-        cuts = self.clip.normalize(self.cutouts(out, self.gen, self.noise_gen))
+        cuts = self.cutouts(out, self.gen, self.noise_gen)
+        if not self.ensemble:  # one CLIP: normalised once here; an ensemble's models normalise their own input
+            cuts = self.clip.normalize(cuts)
         if chunk <= 0 or chunk >= self.s.cutn:
             losses = {**self._prompt_losses(cuts), **self._other_losses(out)}
             total = sum(losses.values())
@@ -229,18 +254,20 @@ class Session:
         # Low memory: CLIP runs over `chunk` cutouts at a time and its activations are freed after each chunk's
         # backward; the cutouts' gradient is gathered, then pushed through the cutouts and the decoder once.
         # The prompt losses are means over cutouts, so chunk means weighted by their share sum to the same value.
+        # An ensemble's models take each chunk in turn: only one model's activations are alive at a time.
         leaf = cuts.detach().requires_grad_(True)
         n = leaf.shape[0]
         values: dict[str, torch.Tensor] = {}
         for start in range(0, n, chunk):
             part = leaf[start:start + chunk]
-            terms = self._prompt_losses(part, part.shape[0] / n)
-            total = sum(terms.values())
-            (total * scale if scale != 1.0 else total).backward()  # type: ignore[union-attr]
-            for k, v in terms.items():
-                values[k] = values[k] + v.detach() if k in values else v.detach()
-            del terms, total
-            self._trim()
+            for model in self._active:
+                terms = self._prompt_losses(part, part.shape[0] / n, only=model)
+                total = sum(terms.values())
+                (total * scale if scale != 1.0 else total).backward()  # type: ignore[union-attr]
+                for k, v in terms.items():
+                    values[k] = values[k] + v.detach() if k in values else v.detach()
+                del terms, total
+                self._trim()
         others = self._other_losses(out)
         grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
         torch.autograd.backward([cuts, *others.values()],
@@ -276,9 +303,9 @@ class Session:
         result = Result(image=torch.empty(0), steps_done=0, global_step=self.step)
         self.partial = result  # what was done so far, should a step raise
         lag = report_lag(self.device)
-        pending: list[_Pending] = []
+        pending: list[Pending] = []
 
-        def report(p: _Pending, tell: bool = True) -> None:
+        def report(p: Pending, tell: bool = True) -> None:
             values = p.values.wait().tolist()
             skipped = values[-1] == 0.0
             losses = dict(zip(p.keys, values[:-1]))
@@ -300,18 +327,18 @@ class Session:
                     break
                 out = self.synth(self.z)
                 due = index == 1 or (self.s.save_every > 0 and self.step % self.s.save_every == 0)
-                frame = _Host(out[0].detach().float()) if due else None
+                frame = Host(out[0].detach().float()) if due else None
                 frame_step = self.step
                 self.opt.zero_grad(set_to_none=True)
                 losses = self._backward(out)
                 ok = self._update(losses)
                 self.step += 1
                 del out
-                values = _Host(torch.stack([*(v.float().reshape(()) for v in losses.values()), ok.float()]))
+                values = Host(torch.stack([*(v.float().reshape(()) for v in losses.values()), ok.float()]))
                 result.steps_done += 1
                 result.global_step = self.step
                 t1 = time.perf_counter()
-                pending.append(_Pending(self.step, index, list(losses), values, frame, frame_step, t1 - t0))
+                pending.append(Pending(self.step, index, list(losses), values, frame, frame_step, t1 - t0))
                 t0 = t1
                 while len(pending) > lag:
                     report(pending.pop(0))
@@ -324,12 +351,6 @@ class Session:
             report(pending.pop(0))
         result.image = self.image()
         return result
-
-
-def report_lag(device: torch.device) -> int:
-    """Steps between taking a step and reporting it: on a GPU step k is reported once step k+1 is queued, so
-    reading its numbers never leaves the GPU idle; on the CPU everything is synchronous anyway."""
-    return 0 if device.type == "cpu" else 1
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -346,36 +367,3 @@ def _to_cpu(obj: Any) -> Any:
 def derived_seed(seed: int, step: int) -> int:
     """A seed for a generator that replaces a foreign random state: fixed by the run's seed and step."""
     return (int(seed) * 1_000_003 + int(step) * 7919 + 1) % (2**63)
-
-
-class _Host:
-    """A device tensor on its way to the host: queued as a non-blocking copy into pinned memory on CUDA (so
-    the host does not wait for the GPU now), read with `wait()`. On the CPU it is the tensor itself."""
-
-    def __init__(self, t: torch.Tensor) -> None:
-        self.event = None
-        if t.device.type == "cuda":
-            self.t = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-            self.t.copy_(t, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-        else:
-            self.t = t.cpu()
-
-    def wait(self) -> torch.Tensor:
-        if self.event is not None:
-            self.event.synchronize()
-        return self.t
-
-
-@dataclass
-class _Pending:
-    """A step taken whose numbers are still on their way from the device."""
-
-    step: int
-    index: int
-    keys: list[str]
-    values: _Host
-    frame: _Host | None
-    frame_step: int
-    seconds: float

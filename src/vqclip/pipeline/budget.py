@@ -113,6 +113,12 @@ class Plan:
         return clip_chunk_for(self.estimate.device, self.low_memory, self.estimate.cutn)
 
 
+def clip_names(config: Any) -> list[str]:
+    """The CLIP models a run loads (`--clip`, else `clip_model`), the first first: the estimate counts them all."""
+    specs = getattr(config, "clip_specs", None)
+    return [s.model for s in specs()] if specs is not None else [config.clip_model]
+
+
 class WontFit(VqclipError):
     """A run that the estimate says cannot fit in the memory available."""
 
@@ -129,7 +135,7 @@ def plan_run(config: Any, spec: Any, width: int, height: int, device: Any, preci
     """Decide low-memory mode (when `config.low_memory` is None) and refuse up front a run that will not fit."""
     budget = memory_budget(device)
     kw = {"with_encoder": with_encoder, "first_load_bytes": first_load_bytes, "keep_encoder": keep_encoder}
-    args = (spec, config.clip_model, width, height, config.cutn, device, precision)
+    args = (spec, clip_names(config), width, height, config.cutn, device, precision)
     normal = estimate(*args, low_memory=False, **kw)
     low = _low_memory(config, normal, budget)
     est = estimate(*args, low_memory=True, **kw) if low else normal
@@ -148,8 +154,8 @@ def _refusal(config: Any, spec: Any, width: int, height: int, device: Any, preci
     allow_low = config.low_memory is not False
 
     def best_for(low: bool) -> tuple[int, int] | None:
-        return largest_fitting(spec, config.clip_model, width, height, config.cutn, budget, device, precision, low,
-                               **kw)
+        return largest_fitting(spec, clip_names(config), width, height, config.cutn, budget, device, precision,
+                               low, **kw)
 
     best = best_for(allow_low)
     hint = ""
@@ -179,15 +185,17 @@ def prepare_for_steps(models: Any, plan: Plan) -> None:
     """Once the session has started: free what the steps never use and store frozen weights as planned."""
     if plan.weight_dtype is not None:
         models.vqgan.set_weight_dtype(plan.weight_dtype)
-        models.clip.set_weight_dtype(plan.weight_dtype)
+        for clip in models.clips:  # (a model named twice in an ensemble: the second call changes nothing)
+            clip.set_weight_dtype(plan.weight_dtype)
     release_unused(models)
 
 
 def release_unused(models: Any) -> None:
-    """After the prompts are embedded and the session started: free CLIP's text tower and the VQGAN encoder,
-    and hand the freed pages back to the OS (glibc keeps freed heap memory otherwise: ~250 MiB for ViT-B/32's
-    text tower stayed in the process's RSS)."""
-    models.clip.release_text_tower()
+    """After the prompts are embedded and the session started: free every CLIP's text tower and the VQGAN
+    encoder, and hand the freed pages back to the OS (glibc keeps freed heap memory otherwise: ~250 MiB for
+    ViT-B/32's text tower stayed in the process's RSS)."""
+    for clip in models.clips:
+        clip.release_text_tower()
     models.vqgan.drop_encoder()
     import gc
 
@@ -228,18 +236,18 @@ def dry_run(config: Any, *, weights_dir: Any = None, on_note: Any = None) -> Dry
     width, height = floor_size(config.width, config.height, spec.factor)
     device, precision = engine.resolve_device(config.device, config.precision, on_note=on_note)
     budget = memory_budget(device)
-    args = (spec, config.clip_model, width, height, config.cutn, device, precision)
+    args = (spec, clip_names(config), width, height, config.cutn, device, precision)
     with_encoder = bool(config.init_image)
     normal = estimate(*args, low_memory=False, with_encoder=with_encoder)
     low = estimate(*args, low_memory=True, with_encoder=with_encoder)
     largest: dict[bool, tuple[int, int] | None] = {}
     if budget is not None:
         for lm in (False, True):
-            largest[lm] = largest_fitting(spec, config.clip_model, width, height, config.cutn, budget, device,
+            largest[lm] = largest_fitting(spec, clip_names(config), width, height, config.cutn, budget, device,
                                           precision, lm, with_encoder=with_encoder)
     return DryRun(width, height, device, precision.describe(), normal, low, _low_memory(config, normal, budget),
                   budget, largest)
 
 
 __all__ = ["BUDGET_ENV", "HEADROOM", "Plan", "WontFit", "plan_run", "dry_run", "DryRun", "memory_budget", "parse_bytes",
-           "first_load_bytes", "prepare_for_steps", "release_unused", "release_device_cache"]
+           "clip_names", "first_load_bytes", "prepare_for_steps", "release_unused", "release_device_cache"]

@@ -37,15 +37,19 @@ class LoadedRun:
 
     def fields(self) -> dict[str, Any]:
         """details.json fields of a run made with what was loaded here: seed, size, device, precision, memory
-        plan, weights, CLIP and versions."""
-        from vqclip.runfolder.record import Clip, Weights
+        plan, weights, CLIP (the first model; `clip.ensemble`: every model with its weight, when `--clip` named
+        them) and versions."""
+        from vqclip.runfolder.record import Clip, ClipMember, Weights
 
+        specs = self.config.clip_specs()
+        ensemble = [ClipMember(model=s.model, pretrained=s.pretrained, weight=s.weight) for s in specs] \
+            if self.config.clips else None
         return dict(seed=self.seed, size=(self.width, self.height), device=str(self.device),
                     precision=self.precision.describe(), low_memory=self.plan.low_memory,
                     memory_estimate_mb=round(self.plan.estimate.total / 2**20), versions=versions(),
                     weights=Weights(name=self.files.name, sha256=self.files.sha256, source=self.files.source,
                                     path=str(self.files.ckpt_path)),
-                    clip=Clip(model=self.models.clip.name, pretrained=self.config.clip_pretrained))
+                    clip=Clip(model=self.models.clip.name, pretrained=specs[0].pretrained, ensemble=ensemble))
 
 
 def versions() -> dict[str, str]:
@@ -59,6 +63,23 @@ def versions() -> dict[str, str]:
         oc = "missing"
     return {"vqclip": __version__, "torch": torch.__version__, "open_clip": oc,
             "python": platform.python_version()}
+
+
+def load_ensemble(specs: list[Any], models: Any, models_cache: Any = None, weight_dtype: Any = None) -> list[Any]:
+    """The members of the run's CLIP ensemble (`RunConfig.clip_specs()`, each with its weight): the first is
+    `models.clip`; the others are loaded (through the model cache when there is one), a model named twice once."""
+    from vqclip import engine
+    from vqclip.engine.clip import load_clip
+
+    loaded = {(specs[0].model, specs[0].pretrained): models.clip}
+    members = []
+    for spec in specs:
+        key = (spec.model, spec.pretrained)
+        if key not in loaded:
+            loaded[key] = load_clip(spec.model, spec.pretrained, models.device) if models_cache is None else \
+                models_cache.clip(spec.model, spec.pretrained, models.device, weight_dtype)
+        members.append(engine.Member(loaded[key], spec.weight))
+    return members
 
 
 def load_run(cfg: RunConfig, inputs: Any, *, note: Any, transfer: Any = None, used: dict[str, Any],
@@ -103,11 +124,13 @@ def load_run(cfg: RunConfig, inputs: Any, *, note: Any, transfer: Any = None, us
     t_load = time.perf_counter()
     models = prompts = None
     try:
-        load_args = (files.yaml_path, files.ckpt_path, cfg.clip_model, cfg.clip_pretrained, device)
+        clips = cfg.clip_specs()  # the first CLIP comes with the VQGAN; an ensemble's others are loaded beside it
+        load_args = (files.yaml_path, files.ckpt_path, clips[0].model, clips[0].pretrained, device)
         load_kw = {"with_encoder": encoder, "trust": is_trusted(files.ckpt_path, inputs.trusted)}
         with clip_downloads(inputs.download, note, transfer):  # --no-download covers CLIP too
             models = engine.load_models(*load_args, **load_kw) if models_cache is None \
                 else models_cache.get(load_args, load_kw, plan.weight_dtype)
+            models = engine.with_ensemble(models, load_ensemble(clips, models, models_cache, plan.weight_dtype))
         prompts = engine.build_prompts(models, settings, cfg.text_prompts,
                                        [(img, spec_) for (img, _, _), spec_ in image_prompts],
                                        cfg.noise_prompt_specs)

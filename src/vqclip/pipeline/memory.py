@@ -18,6 +18,11 @@ factors are not calibrated on a GPU yet and use the CPU ones.
 
 The load phase is estimated too (whole CLIP before its text tower is released, a first checkpoint load before
 the decoder cache exists); the estimate is the larger of the two phases.
+
+A CLIP ensemble (`--clip` more than once) counts every model's weights (a model named twice once) and
+activations: all models' at once when the cutouts go through CLIP in one batch (one backward for the step),
+the largest model's chunk when they go in chunks (each model takes each chunk in turn, freed after its
+backward); each model after the first adds its own resized, normalised copy of the cutouts and its gradient.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 GiB = 2**30
 MiB = 2**20
@@ -41,6 +46,7 @@ NNPACK_WORKSPACE = 1.56  # NNPACK's kept workspace / (4 bytes · (C_in + C_out) 
 STEP_OVERHEAD = 126 * MiB  # the fit's constant beyond the cutouts: small tensors, optimizer, allocator slack
 SCRATCH_PER_PIXEL = 48  # bytes per output pixel: image, clamp, progress frame
 CUTOUT_COPIES = 5  # cutouts alive at once: sampled, augmented, normalised, the CLIP input and its gradient
+MEMBER_CUTOUT_COPIES = 3  # an ensemble's other models: their resized cutouts, normalised, and the gradient
 LOW_MEMORY_CLIP_CHUNK = 8  # cutouts per CLIP forward+backward in low-memory mode
 CPU_CLIP_CHUNK = 16  # on the CPU always: halves CLIP's activations at cutn 32, no measurable time cost
 # CUDA: the context itself is already out of mem_get_info's `free` when the budget is read (pick_device's probe
@@ -215,38 +221,45 @@ def clip_chunk_for(device: Any, low_memory: bool, cutn: int) -> int:
     return chunk if 0 < chunk < cutn else 0
 
 
-def estimate(spec: Any, clip_name: str, width: int, height: int, cutn: int, device: Any = "cpu",
+def estimate(spec: Any, clip_name: str | Sequence[str], width: int, height: int, cutn: int, device: Any = "cpu",
              precision: Any = None, low_memory: bool = False, with_encoder: bool = False,
              first_load_bytes: int = 0, keep_encoder: bool = False) -> Estimate:
     """Estimated peak memory (bytes) of a run; `precision` is an `engine.precision.Precision` (None = fp32).
-    `first_load_bytes` (the whole checkpoint read before the decoder cache exists) counts on the CPU and MPS
-    (unified memory), not on CUDA, where it sits in host RAM. `keep_encoder`: the encoder stays loaded while
-    stepping (an animation), not only while loading."""
+    `clip_name`: the CLIP model, or an ensemble's models (the first first). `first_load_bytes` (the whole
+    checkpoint read before the decoder cache exists) counts on the CPU and MPS (unified memory), not on CUDA,
+    where it sits in host RAM. `keep_encoder`: the encoder stays loaded while stepping (an animation), not only
+    while loading."""
     import torch
 
     device = torch.device(device) if not isinstance(device, torch.device) else device
-    arch = _arch(spec, clip_name)
+    names = [clip_name] if isinstance(clip_name, str) else list(clip_name)
+    arch = _arch(spec, names[0])
+    members = [arch] + [_arch(spec, name) for name in names[1:]]
+    distinct = [_arch(spec, name) for name in dict.fromkeys(names)]  # a model named twice is loaded once
     dec_dt = getattr(precision, "decoder", None) or torch.float32
     clip_dt = getattr(precision, "clip", None) or torch.float32
     stored = getattr(precision, "weights", None)
     w_scale = torch.finfo(stored).bits / 32 if stored is not None else 1.0
-    weights = int((arch.decoder_weights + arch.clip_visual_weights) * w_scale + arch.codebook)
+    visual = sum(a.clip_visual_weights for a in distinct)
+    weights = int((arch.decoder_weights + visual) * w_scale + arch.codebook)
     if keep_encoder:  # an animation re-encodes every frame: the encoder (fp32) stays through the steps
         weights += arch.encoder_weights
     dec = int(DEC_FACTOR * arch.trace_decoder(width, height, dec_dt, low_memory))
-    chunk = clip_chunk_for(device, low_memory, cutn) or cutn
-    clip = int(CLIP_FACTOR * _clip_saved(arch, chunk, clip_dt))
+    chunked = clip_chunk_for(device, low_memory, cutn)
+    saved = [_clip_saved(a, chunked or cutn, clip_dt) for a in members]
+    clip = int(CLIP_FACTOR * (max(saved) if chunked else sum(saved)))
     cuda = device.type == "cuda"
     runtime = RUNTIME_CPU if device.type == "cpu" else CUDA_LIBRARIES if cuda else 0
-    scratch = SCRATCH_PER_PIXEL * width * height + CUTOUT_COPIES * cutn * 3 * arch.clip_input ** 2 * 4 + (
-        STEP_OVERHEAD if device.type == "cpu" else 0)
+    cutouts = CUTOUT_COPIES * cutn * 3 * arch.clip_input ** 2 * 4 + sum(
+        MEMBER_CUTOUT_COPIES * cutn * 3 * a.clip_input ** 2 * 4 for a in members[1:])
+    scratch = SCRATCH_PER_PIXEL * width * height + cutouts + (STEP_OVERHEAD if device.type == "cpu" else 0)
     workspace = 0
     if device.type == "cpu" and dec_dt == torch.float32 and not low_memory and torch.backends.nnpack.is_available():
         dd = spec.ddconfig
         c0 = dd["ch"] * dd["ch_mult"][0]
         c1 = dd["ch"] * dd["ch_mult"][min(1, len(dd["ch_mult"]) - 1)]
         workspace = int(NNPACK_WORKSPACE * 4 * (c0 + max(c0, c1)) * width * height)
-    loaded = arch.decoder_weights + arch.codebook + arch.clip_total_weights + (
+    loaded = arch.decoder_weights + arch.codebook + sum(a.clip_total_weights for a in distinct) + (
         arch.encoder_weights if with_encoder else 0)
     slack = int(CUDA_SLACK * (weights + dec + clip + scratch + workspace)) if cuda else 0
     if cuda:  # the checkpoint is read into host RAM, then moved: only the weights reach the GPU
@@ -258,7 +271,7 @@ def estimate(spec: Any, clip_name: str, width: int, height: int, cutn: int, devi
                     workspace, slack)
 
 
-def largest_fitting(spec: Any, clip_name: str, width: int, height: int, cutn: int, budget: int, device: Any,
+def largest_fitting(spec: Any, clip_name: str | Sequence[str], width: int, height: int, cutn: int, budget: int, device: Any,
                     precision: Any, low_memory: bool, **kw: Any) -> tuple[int, int] | None:
     """The largest size with the aspect ratio of `width`×`height` (multiples of the VQGAN factor) that fits."""
     f = spec.factor

@@ -98,9 +98,23 @@ class Weights(Section):
     path: Optional[str] = None
 
 
-class Clip(Section):
+class ClipMember(Section):
+    """One CLIP model of an ensemble (`--clip MODEL/TAG:WEIGHT`) as it was named, with its weight in the loss."""
+
     model: Optional[str] = None
     pretrained: Optional[str] = None
+    weight: Number = None
+
+
+class Clip(Section):
+    """The run's CLIP (its first, when there were several: the CLIP score's); `ensemble`, only when `--clip`
+    named them: every model with its weight."""
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"ensemble"})
+
+    model: Optional[str] = None
+    pretrained: Optional[str] = None
+    ensemble: Optional[list[ClipMember]] = None
 
 
 class Files(Section):
@@ -199,7 +213,8 @@ _SHAPES = {"size": "is not [width, height]", "losses": "is not a list of numbers
            "skipped_steps": "is not a list of step numbers", "chain": "is not a list of run ids",
            "stage": "is not a stage number (1 or more)", "files.image_prompts": "is not a list of file names",
            "versions": "is not an object of version strings",
-           "score.prompts": "is not a list of prompt scores (text, weight, score)"}
+           "score.prompts": "is not a list of prompt scores (text, weight, score)",
+           "clip.ensemble": "is not a list of CLIP models (model, pretrained, weight)"}
 _KINDS = {"int_type": "is not a whole number", "int_parsing": "is not a whole number",
           "int_from_float": "is not a whole number", "int_parsing_size": "is a number too long to read",
           "string_type": "is not text", "float_type": "is not a number", "float_parsing": "is not a number",
@@ -318,5 +333,5 @@ def now_iso() -> str:
 
 
 __all__ = ["DETAILS", "IMAGE", "VIDEO", "STATE", "SCHEMA", "BadRun", "RunRecord", "Timings", "Weights", "Clip",
-           "Files", "Continued", "Score", "PromptScore", "parse_record", "tolerant_record", "read_details",
+           "ClipMember", "Files", "Continued", "Score", "PromptScore", "parse_record", "tolerant_record", "read_details",
            "read_record", "write_record", "now_iso"]
