@@ -13,7 +13,7 @@ from vqclip.commands.common import err_console, handle_errors, safe
 
 
 @handle_errors
-@O.run_options()
+@O.run_options(diffusion=True)
 def batch(
     file: Optional[Path] = typer.Argument(None, help="Rows: .txt (a prompt per line), .csv, .jsonl or .yaml."),
     seeds: Optional[str] = typer.Option(None, "--seeds", metavar="A-B", help="Run every row with each seed (1-8, or 3,7,9)."),

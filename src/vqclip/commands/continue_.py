@@ -21,7 +21,7 @@ OUTPUT_DIR = typer.Option(
 
 
 @handle_errors
-@O.run_options(skip=("init_image",))
+@O.run_options(skip=("init_image",), diffusion=True)
 def continue_run(
     run: str = typer.Argument(..., help="Run id, unique id prefix, or run-folder path (see `vqclip runs list`)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p",
