@@ -115,7 +115,8 @@ def run(folder: BatchFolder, settings: Settings, events: Events | None = None,
 def ranked(folder: BatchFolder, output_dir: Path) -> list[dict[str, Any]]:
     """The batch's finished runs, best first by CLIP score (`score.summary` in details.json) when the runs have
     one, else in row order: row, run id, path, prompt, seed, score."""
-    from vqclip.runfolder.record import read_details
+    from vqclip.runfolder.record import BadRun
+    from vqclip.runs import read_run
 
     rows = {r["row"]: r for r in folder.info()["rows"]}
     out = []
@@ -123,15 +124,15 @@ def ranked(folder: BatchFolder, output_dir: Path) -> list[dict[str, Any]]:
         if entry["status"] != "done" or not entry["run_id"]:
             continue
         path = Path(output_dir) / entry["run_id"]
-        try:
-            details = read_details(path)
-        except Exception:
-            details = {}
-        score = details.get("score") if isinstance(details.get("score"), dict) else {}
-        summary = score.get("summary") if isinstance(score.get("summary"), (int, float)) else None
         cfg = rows.get(entry["row"], {}).get("config", {})
+        try:  # the typed record, tolerant of odd fields (a run edited by hand still lists)
+            record = read_run(path).record
+        except BadRun:
+            record = None
+        summary = record.score.summary if record is not None and record.score is not None else None
         out.append({"row": entry["row"], "run_id": entry["run_id"], "path": str(path),
-                    "prompt": details.get("prompt", cfg.get("prompt", "")), "seed": details.get("seed"),
+                    "prompt": record.prompt if record is not None and record.prompt is not None
+                    else cfg.get("prompt", ""), "seed": record.seed if record is not None else None,
                     "score": summary, "seconds": entry["seconds"]})
     if any(r["score"] is not None for r in out):
         out.sort(key=lambda r: (r["score"] is None, -(r["score"] or 0.0), r["row"]))
