@@ -249,3 +249,18 @@ def test_batch_id_and_row_show_in_runs_list_show_and_the_gallery(tiny_models, tm
     built = invoke("gallery", "build", "-o", str(out))
     assert built.exit_code == 0, built.output
     assert f"{bid} row 0" in (out / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("ref,code,says", [
+    ("", 2, "--resume '': give a batch folder"), ("batch-", 2, "give a batch folder"), ("  ", 2, "give a batch folder"),
+    ("x" * 5000, 2, "…': give a batch folder"), ("x" * 300, 1, "File name too long"), ("a\x00b", 2, "give a batch"),
+    ("/dev/null", 1, "that is a file, not a batch folder"), ("nope", 1, "no batch 'nope'"),
+])
+def test_odd_resume_references_are_one_line(tmp_path, ref, code, says):
+    out = tmp_path / "out"
+    (out / "batch-20260101T000000-abcdef").mkdir(parents=True)
+    (out / "batch-20260101T000000-abcdef" / "batch.json").write_text('{"rows": []}')  # the only batch: never guessed
+    r = invoke("batch", "--resume", ref, "-o", str(out))
+    assert r.exit_code == code, r.output
+    line = one_error(r.output)
+    assert says in line and len(line) < 300, line

@@ -147,7 +147,19 @@ class BatchFolder:
 def find_batch(ref: str, output_dir: Path) -> BatchFolder:
     """A batch by folder path (or the path of its batch.json or journal), `batch-<id>` name, id or unique id
     prefix."""
-    path = Path(ref)
+    from vqclip.errors import UsageError
+
+    shown = ref if len(ref) <= 80 else ref[:80] + "…"
+    if not ref.removeprefix(PREFIX).strip() or len(ref) > 4096 or "\x00" in ref:
+        raise UsageError(f"--resume {shown!r}: give a batch folder ({output_dir}/{PREFIX}…) or its id")
+    try:
+        return _find_batch(ref, Path(ref), output_dir)
+    except OSError as e:
+        raise VqclipError(f"--resume {shown}: {e.strerror or type(e).__name__}; give a batch folder "
+                          f"({output_dir}/{PREFIX}…) or its id") from None
+
+
+def _find_batch(ref: str, path: Path, output_dir: Path) -> BatchFolder:
     if path.is_file() or (path.exists() and not path.is_dir()):
         if path.name in (BATCH_JSON, JOURNAL) and (path.parent / BATCH_JSON).is_file():
             return BatchFolder(path.parent)
