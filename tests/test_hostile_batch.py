@@ -102,6 +102,8 @@ def test_a_billion_seeds_is_counted_not_listed(tmp_path):
     (["--seeds", "1-99999999999999999999999"], 2, "seeds are from 0 to"),
     (["--sweep", "lr=" + ",".join(["0.1"] * 4000)], 2, "characters long; sweep fewer values"),
     (["--sweep", "colour=1,2"], 2, "colour is not a setting"),
+    (["--devices", ",".join(["cpu"] * 65)], 2, "--devices names 65 workers; at most 64"),
+    (["--devices", "cpu," * 1000], 2, "--devices is 4,000 characters long"),
 ])
 def test_sizes_and_counts_are_usage_errors(tmp_path, args, code, says):
     f = _write(tmp_path / "p.txt", "one\ntwo\n")

@@ -81,6 +81,7 @@ def batch(
         if file is None:
             raise UsageError("give a batch file (.txt, .csv, .jsonl or .yaml), or --resume BATCH")
         sweeps = R.parse_sweeps(sweep)
+        workers = _devices(devices, ray, flags.given.get("device"))
         if file.suffix.lower() == ".txt" and (note := hash_note(read, file.name)):
             err_console.print(f"Note: {safe(note)}", markup=False)
         rows = R.expand(file, config_file=flags.config, seeds=R.parse_seeds(seeds, max_rows), repeat=repeat,
@@ -93,7 +94,7 @@ def batch(
         settings = start.Settings(output_dir=str(output_dir),
                                   weights_dir=str(inputs.weights_dir) if inputs.weights_dir else None,
                                   download=inputs.download, trusted=[str(p) for p in inputs.trusted],
-                                  devices=_devices(devices, ray, flags.given.get("device")), ray=ray,
+                                  devices=workers, ray=ray,
                                   ray_workers=ray_workers, ray_timeout=ray_timeout)
         _preflight([(r.source, r.config) for r in rows], settings)
         backend = _join_ray(settings) if settings.ray is not None else None
@@ -131,7 +132,19 @@ def _devices(devices: Optional[str], ray: Optional[str], device: Optional[str]) 
         return None
     if devices is None and device not in (None, "auto"):
         return [str(device).lower()]
-    return parse_devices(devices) if devices is not None else None
+    if devices is None:
+        return None
+    from vqclip.errors import UsageError
+
+    if len(devices) > 2000:
+        raise UsageError(f"--devices is {len(devices):,} characters long; name at most {MAX_WORKERS} devices")
+    listed = parse_devices(devices)
+    if len(listed) > MAX_WORKERS:
+        raise UsageError(f"--devices names {len(listed)} workers; at most {MAX_WORKERS} (one worker process each)")
+    return listed
+
+
+MAX_WORKERS = 64  # worker processes on this machine (--devices)
 
 
 def _check_images(rows: list[Any]) -> None:
