@@ -107,8 +107,8 @@ def connect(ray: Any, address: str | None, timeout: float = DEFAULT_TIMEOUT) -> 
         raise _no_answer(address, timeout)
     error = outcome["error"]
     if error is not None:
-        raise VqclipError(f"cannot join the Ray cluster at {address}: {one_line(error, typed=False)}; check the "
-                          "--ray address") from None
+        raise VqclipError(f"cannot join the Ray cluster at {address}: {one_line(error, typed=False).rstrip('.')}; "
+                          "check the --ray address") from None
 
 
 def require_ray() -> Any:
