@@ -387,6 +387,9 @@ CLIP_CASES = [
     ("a string for a flag", clip_cfg("text_cfg", "no_causal_mask", "yes"), "no_causal_mask has the wrong type"),
     ("an unknown field", clip_cfg("vision_cfg", "depth", 3), "vision_cfg has no field 'depth'"),
     ("patch larger than the image", clip_cfg("vision_cfg", "patch_size", 64), "patch_size 64 is larger"),
+    ("timm downloads on its own", {**BASE_CLIP, "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224",
+                                                                "timm_model_pretrained": True}},
+     "timm_model_pretrained would have timm download"),
     ("NaN", '{"embed_dim": 32, "vision_cfg": {"mlp_ratio": NaN}, "text_cfg": {}}', "is not JSON"),
 ]
 
@@ -418,6 +421,7 @@ YAML_CASES = [
     ("40 levels", TINY_YAML.replace("ch_mult: [1, 2]", f"ch_mult: {[1] * 40}"), "ch_mult must be a list"),
     ("a string resolution", TINY_YAML.replace("resolution: 32", "resolution: big"), "must be a whole number"),
     ("no n_embed", TINY_YAML.replace("    n_embed: 64\n", ""), "no model.params.n_embed"),
+    ("grey output", TINY_YAML.replace("out_ch: 3", "out_ch: 1"), "out_ch 1 is out of range (vqclip needs 3 (RGB))"),
     ("huge decoder", TINY_YAML.replace("ch: 32", "ch: 4096").replace("ch_mult: [1, 2]", "ch_mult: [64, 64]"),
      "billion parameters"),
     ("aliases", "a: &a [1, 1]\nb: &b [*a, *a]\nc: [*b, *b]\n" + TINY_YAML, "uses yaml aliases"),
@@ -442,3 +446,41 @@ def test_vqgan_configs_that_build_no_model_are_one_line(tmp_path: Path, tiny_mod
     rows = {r["name"]: r for r in json.loads(out)}
     for i, (_, _, says) in enumerate(YAML_CASES):
         assert rows[f"bad{i}"]["status"] == "broken" and says in rows[f"bad{i}"]["problem"], rows[f"bad{i}"]
+
+
+def test_verified_hub_weights_then_load_from_the_cache_without_the_network(
+        site: Site, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end in-process, on the tiny model registered as an open_clip pretrained tag: the run fetches the
+    weights from the loopback hub (verified), then open_clip loads them from the cache with the hub offline;
+    a second load asks the network nothing."""
+    import open_clip
+
+    from vqclip.engine.clip import load_clip, resolve_clip_name
+    from vqclip.weights.clip import clip_downloads
+
+    name = resolve_clip_name(str(tiny_models["clip_json"]))
+    weights = tiny_models["clip_ckpt"].read_bytes()
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, name, {"loopback": {"hf_hub": "test/tiny-clip/"}})
+    monkeypatch.setenv("HF_ENDPOINT", site.base)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    sha = hashlib.sha256(weights).hexdigest()
+
+    def head(h: Any, method: str) -> None:
+        h.send_response(200)
+        h.send_header("X-Repo-Commit", COMMIT)
+        h.send_header("ETag", f'"{sha}"')
+        h.send_header("Content-Length", str(len(weights)))
+        h.end_headers()
+        if method == "GET":
+            h.wfile.write(weights)
+
+    site.routes["/test/tiny-clip/resolve/main/open_clip_pytorch_model.bin"] = head
+    notes: list[str] = []
+    with clip_downloads(True, notes.append):
+        model = load_clip(name, "loopback")
+    assert model.embed_dim == 32 and any("Downloading CLIP weights" in n for n in notes), notes
+    assert [m for m, _ in site.requests] == ["HEAD", "HEAD", "GET"]  # no safetensors; the .bin; its bytes
+    seen = len(site.requests)
+    with clip_downloads(False):  # cached: even --no-download loads them, and nothing is asked
+        load_clip(name, "loopback")
+    assert len(site.requests) == seen

@@ -164,6 +164,11 @@ def folder(e: Env) -> Path:
     return e.tmp / "clipdir"
 
 
+def garbage_safetensors(e: Env) -> Path:
+    (e.tmp / "clip.safetensors").write_bytes((1 << 40).to_bytes(8, "little") + os.urandom(64))
+    return e.tmp / "clip.safetensors"
+
+
 def html_file(e: Env) -> Path:
     (e.tmp / "clip.bin").write_text(HTML)
     return e.tmp / "clip.bin"
@@ -244,6 +249,8 @@ CASES = [
          clip_pretrained(lambda e: evil_checkpoint(e.tmp / "clip.pt", e.marker, legacy=True)), 1, (CODE,)),
     Case("--clip-pretrained: an HTML page", clip_pretrained(html_file), 1, ("is an HTML page",)),
     Case("--clip-pretrained: a folder", clip_pretrained(folder), 1, ("is a directory, not a file",)),
+    Case("--clip-pretrained: random bytes as .safetensors", clip_pretrained(garbage_safetensors), 1,
+         ("clip.safetensors cannot be loaded into", "SafetensorError")),
     Case("--clip-pretrained: a FIFO", clip_pretrained(fifo), 1, ("is a FIFO (named pipe), not a regular file",)),
     Case("--clip-model: not JSON", clip_model("embed_dim: 32"), 1, ("is not JSON",)),
     Case("--clip-model: JSON without vision_cfg", clip_model('{"embed_dim": 32, "text_cfg": {}}'), 1,

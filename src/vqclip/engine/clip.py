@@ -203,7 +203,8 @@ def load_clip(name_or_path: str, pretrained: str | None, device: torch.device | 
     import open_clip
 
     from vqclip.errors import one_line
-    from vqclip.weights.clip import clip_cached, clip_fetch_mode, clip_missing, hub_is_offline, hub_offline
+    from vqclip.weights.clip import (clip_cached, clip_fetch_mode, clip_missing, hf_hub_cache, hub_is_offline,
+                                     hub_offline)
 
     name = resolve_clip_name(name_or_path)
     arg = _pretrained_arg(name, pretrained)
@@ -216,6 +217,8 @@ def load_clip(name_or_path: str, pretrained: str | None, device: torch.device | 
     kwargs: dict[str, Any] = {}
     if "weights_only" in inspect.signature(open_clip.create_model).parameters:
         kwargs["weights_only"] = True  # never a full unpickle, whatever open_clip's default
+    if "cache_dir" in inspect.signature(open_clip.create_model).parameters:
+        kwargs["cache_dir"] = str(hf_hub_cache())  # the cache the weights were checked into, read just now
     try:
         with quiet_logs(), hub_offline(offline):
             model = open_clip.create_model(name, pretrained=arg, device=device, **kwargs)
@@ -242,10 +245,17 @@ def load_clip(name_or_path: str, pretrained: str | None, device: torch.device | 
         if arg is None and name != name_or_path:
             raise _unbuildable(name_or_path, e) from None
         raise VqclipError(f"cannot load CLIP {name} from {arg} ({first})") from None
-    except Exception as e:  # what a user's model config can still make open_clip or torch raise while building
-        if name == name_or_path:
-            raise
-        raise _unbuildable(name_or_path, e) from None
+    except Exception as e:  # what a user's file can still make open_clip, safetensors or torch raise
+        if is_file:
+            raise VqclipError(f"CLIP checkpoint {arg} cannot be loaded into {name} ({one_line(e, 160)}); pass a "
+                              "state_dict .pt/.bin or a .safetensors file made for this model") from None
+        if name != name_or_path:
+            raise _unbuildable(name_or_path, e) from None
+        if arg is not None:
+            raise WeightsMissing(f"the cached CLIP weights {name}/{arg} cannot be loaded ({one_line(e, 160)}); "
+                                 f"remove them (`hf cache delete`) and run `vqclip weights download "
+                                 f"clip:{name}/{arg}`") from None
+        raise
     model.eval().requires_grad_(False)
     size = model.visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -69,7 +69,11 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
     """
     path = Path(path)
     if trust:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - a trusted file can still be garbage, truncated or foreign
+            raise UnsafeCheckpoint(f"{path} is not a readable PyTorch checkpoint ({one_line(e, 240)}); "
+                                   "re-download it") from None
         return _unwrap(obj, path)
     extra, refused = _classify(unsafe_globals(path))
     if refused:
@@ -87,6 +91,9 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise UnsafeCheckpoint(f"{path} is not a readable PyTorch checkpoint ({one_line(e, 240, typed=False)}); "
+                               "re-download it") from None
+    except Exception as e:  # noqa: BLE001 - what else a foreign file makes torch raise (safetensors, zip, …)
+        raise UnsafeCheckpoint(f"{path} is not a readable PyTorch checkpoint ({one_line(e, 240)}); "
                                "re-download it") from None
     return _unwrap(obj, path)
 

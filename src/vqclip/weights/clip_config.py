@@ -148,7 +148,15 @@ def _typed(where: str, name: str, value: Any, default: Any) -> None:
 
 
 def _consistent(where: str, vision: dict[str, Any], text: dict[str, Any]) -> None:
-    """Numbers that are each fine but cannot go together (what open_clip would fail on, or divide by zero on)."""
+    """Numbers that are each fine but cannot go together (what open_clip would fail on, or divide by zero on),
+    and towers whose weights another library would download on its own (unverified, past --no-download)."""
+    if vision.get("timm_model_name") is not None and vision.get("timm_model_pretrained", False):
+        raise VqclipError(f"{where}: vision_cfg.timm_model_pretrained would have timm download weights that "
+                          "vqclip cannot verify; set it to false and pass the weights with --clip-pretrained FILE")
+    if text.get("hf_model_name") is not None and text.get("hf_model_pretrained", True):
+        raise VqclipError(f"{where}: text_cfg.hf_model_pretrained (true unless set) would have transformers "
+                          "download weights that vqclip cannot verify; set it to false and pass the weights with "
+                          "--clip-pretrained FILE")
     if vision.get("timm_model_name") is None and not isinstance(vision.get("layers", 12), list):
         width, head_width = vision.get("width", 768), vision.get("head_width", 64)
         if width % head_width:

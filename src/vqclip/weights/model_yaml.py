@@ -20,8 +20,8 @@ from vqclip.weights.store import MOVE_WEIGHTS, ensure_writable
 MAX_YAML_BYTES = 1 << 20  # a taming config is about 2 kB
 MAX_DECODER_PARAMETERS = 4_000_000_000  # 60x the f16 decoder; no VQGAN that fits in memory is bigger
 # Inclusive bounds of the numbers that size a VQGAN (the largest released models are far inside them).
-_DD_INTS = {"z_channels": (1, 4096), "resolution": (1, 16384), "in_channels": (1, 64), "out_ch": (1, 64),
-            "ch": (1, 4096), "num_res_blocks": (1, 64)}
+_DD_INTS = {"z_channels": (1, 4096), "resolution": (1, 16384), "in_channels": (3, 3), "out_ch": (3, 3),
+            "ch": (1, 4096), "num_res_blocks": (1, 64)}  # channels in and out: RGB, what CLIP sees
 _PARAM_INTS = {"embed_dim": (1, 4096), "n_embed": (1, 1 << 20)}
 
 
@@ -70,7 +70,8 @@ def check_vqgan(params: dict, where: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise VqclipError(f"{where}: model.params.{name} must be a whole number, not {str(value)[:40]!r}")
         if not lo <= value <= hi:
-            raise VqclipError(f"{where}: model.params.{name} {value} is out of range (a model needs {lo}..{hi})")
+            need = f"vqclip needs {lo} (RGB)" if lo == hi else f"a model needs {lo}..{hi}"
+            raise VqclipError(f"{where}: model.params.{name} {value} is out of range ({need})")
     mult = dd.get("ch_mult")
     if not isinstance(mult, list) or not 1 <= len(mult) <= 8 or \
             any(isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= 64 for m in mult):
