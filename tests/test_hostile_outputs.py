@@ -384,3 +384,16 @@ def test_no_library_message_is_sliced_mid_word() -> None:
     from vqclip.errors import shorten
 
     assert shorten("alpha bravo charlie delta", 16) == "alpha bravo…"
+
+
+def test_piped_table_is_not_wrapped(tmp_path: Path) -> None:
+    """A Rich table piped to a program keeps one line per row (it was laid out for 80 columns)."""
+    from vqclip.weights import registry
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run([VQCLIP, "weights", "list"], capture_output=True, timeout=120, env=env)
+    stdout = proc.stdout.decode("utf-8")
+    assert proc.returncode == 0, stdout + proc.stderr.decode()
+    assert registry.WEIGHTS
+    for spec in registry.WEIGHTS.values():  # name and description on one line: the row was not wrapped
+        assert any(spec.name in line and spec.description in line for line in stdout.splitlines()), stdout
