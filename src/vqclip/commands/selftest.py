@@ -1,4 +1,4 @@
-"""`vqclip selftest`: check an install offline in seconds and show the checks as a table."""
+"""`vqclip selftest`: check an install offline and show the checks as a table."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def selftest(
     steps: int = typer.Option(6, "--steps", min=1, max=10_000, help="Steps to run."),
     device: str = typer.Option("auto", "--device", help="Device to test: auto, cpu, cuda, mps."),
 ) -> None:
-    """Verify an install offline in seconds: tiny random models in the real file formats, the whole pipeline.
+    """Verify an install offline: tiny random models in the real file formats, the whole pipeline (~30 s).
 
     Example:
 
