@@ -97,9 +97,10 @@ def test_full_256_architecture_equals_reference() -> None:
     compare_with_reference(256, False, channels=256, heads=64, side=64)
 
 
-def test_gradient_checkpointing_changes_nothing_but_memory() -> None:
+@pytest.mark.parametrize("frozen", [False, True])
+def test_gradient_checkpointing_changes_nothing_but_memory(frozen: bool) -> None:
     torch.manual_seed(0)
-    model = randomised(build_unet(TINY_UNET))
+    model = randomised(build_unet(TINY_UNET)).requires_grad_(not frozen)
     x = torch.randn(2, 3, 32, 32)
     t = torch.tensor([10.0, 900.0])
     outs = []
