@@ -47,7 +47,7 @@ class DiffusionEngine(Engine):
     def _load(self) -> None:
         from vqclip.engine import resolve_device
         from vqclip.pipeline.media import open_image
-        from vqclip.weights.diffusion_files import resolve_diffusion
+        from vqclip.weights.diffusion_files import resolve_diffusion, unet_config_of
 
         cfg, inputs, resume = self.setup.config, self.setup.inputs, self.setup.resume
         self.seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
@@ -60,7 +60,7 @@ class DiffusionEngine(Engine):
                                                  weights_dir=inputs.weights_dir, download=inputs.download,
                                                  note=self.setup.note, progress=self.setup.transfer) \
             if cfg.secondary else None
-        self.unet_config = _unet_config(self.files)
+        self.unet_config = unet_config_of(self.files)
         self.size = _check_size(cfg.width, cfg.height, self.unet_config.image_size)
         self.device, precision = resolve_device(cfg.device, cfg.precision,
                                                 resume.recorded if resume is not None else None,
@@ -294,24 +294,6 @@ def build(setup: Setup) -> DiffusionEngine:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _unet_config(files: Any) -> Any:
-    """The architecture: the registry preset, the JSON beside a path, or recognised from the file's keys."""
-    from vqclip.engine.diffusion.unet import PRESETS
-
-    if files.config is not None:
-        return files.config
-    if files.name in PRESETS:
-        return PRESETS[files.name]
-    from vqclip.weights.diffusion import load_state, looks_like, shapes_of
-
-    seen = looks_like(shapes_of(load_state(files.path)))
-    for name, config in PRESETS.items():
-        if seen is not None and seen.startswith(name):
-            return config
-    raise VqclipError(f"{files.path} is {seen or 'not a U-Net vqclip recognises'}; give one of the published "
-                      "U-Nets (`vqclip weights list`), or put its architecture in a .json beside it")
 
 
 def _check_size(width: int, height: int, image_size: int) -> tuple[int, int]:

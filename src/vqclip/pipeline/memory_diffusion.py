@@ -68,15 +68,13 @@ def dry_run(run: Any, inputs: Any, note: Any = None) -> dict[str, Any]:
     from vqclip.engine import resolve_device
     from vqclip.engine.diffusion.unet import PRESETS
     from vqclip.pipeline.budget import memory_budget
-    from vqclip.weights.diffusion_files import resolve_diffusion
+    from vqclip.weights.diffusion_files import resolve_diffusion, unet_config_of
 
     if run.model in PRESETS:
         config = PRESETS[run.model]
     else:
-        from vqclip.engines.diffusion import _unet_config
-
-        config = _unet_config(resolve_diffusion(run.model, "diffusion", weights_dir=inputs.weights_dir,
-                                                download=False))
+        config = unet_config_of(resolve_diffusion(run.model, "diffusion", weights_dir=inputs.weights_dir,
+                                                  download=False))
     device, precision = resolve_device(run.device, run.precision, on_note=note)
     size = (run.width, run.height)
     lows = {lm: estimate_bytes(config, size, run.model_copy(update={"low_memory": lm}), precision, secondary=False)

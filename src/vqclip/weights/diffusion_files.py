@@ -96,6 +96,24 @@ def _sidecar_config(path: Path) -> Any:
     return config
 
 
+def unet_config_of(files: DiffusionFiles) -> Any:
+    """The U-Net's architecture: the JSON beside a path, the registry preset, or recognised from its keys."""
+    from vqclip.engine.diffusion.unet import PRESETS
+
+    if files.config is not None:
+        return files.config
+    if files.name in PRESETS:
+        return PRESETS[files.name]
+    from vqclip.weights.diffusion import load_state, looks_like, shapes_of
+
+    seen = looks_like(shapes_of(load_state(files.path)))
+    for name, config in PRESETS.items():
+        if seen is not None and seen.startswith(name):
+            return config
+    raise VqclipError(f"{files.path} is {seen or 'not a U-Net vqclip recognises'}; give one of the published "
+                      "U-Nets (`vqclip weights list`), or put its architecture in a .json beside it")
+
+
 def write_unet_config(checkpoint: Path, config: Any) -> Path:
     """`NAME.json` beside `NAME.pt`: the U-Net's architecture, read back by `resolve_diffusion`."""
     from dataclasses import asdict
@@ -147,4 +165,4 @@ def _registry(spec: WeightSpec, folder: Path, download: bool, note: Note | None,
     return DiffusionFiles(spec.name, dest, got, "registry")
 
 
-__all__ = ["DiffusionFiles", "resolve_diffusion", "names", "write_unet_config"]
+__all__ = ["DiffusionFiles", "resolve_diffusion", "names", "unet_config_of", "write_unet_config"]
