@@ -113,7 +113,7 @@ def plan_continue(parent: RunInfo, overrides: dict[str, Any] | None = None, *, r
               and planned is not None and planned > done and getattr(kind, "CONTINUE_ADDS_STEPS", True))
     if finish:  # an interrupted run without --steps: finish it (same bytes as had it not been interrupted)
         overrides["steps"] = planned - done
-    given = dict(overrides)
+    given = {**(load_config_file(config_file) if config_file is not None else {}), **overrides}  # all asked
     cfg, notes = inherit_config(parent, overrides, config_file)
     cfg = cfg.model_copy(update={"engine": engine})  # the parent's engine goes on (older records: vqgan)
     resume = Resume(parent, None, "state", resize=resize, extra=extra)
