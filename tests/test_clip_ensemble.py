@@ -227,6 +227,16 @@ def test_an_interrupted_ensemble_run_continues_to_the_same_bytes(tiny_models, in
     assert details(child)["clip"]["ensemble"] == details(full)["clip"]["ensemble"]
 
 
+def test_animate_with_two_clips_every_story_stage_embedded_by_both(tiny_models, in_models, tmp_path):
+    r = invoke("animate", "a forest ^ a lake", "--frames", "2", "--steps-per-frame", "1", "--fps", "2",
+               "--model", str(tiny_models["vqgan_yaml"]), "--size", "32x32", "--cutn", "2", "--seed", "6",
+               "--output-dir", str(tmp_path / "out"), "-q", *in_models)
+    assert r.exit_code == 0, r.output
+    d = details(made(r))
+    assert d["status"] == "finished" and d["animation"]["frames_done"] == 2
+    assert [m["weight"] for m in d["clip"]["ensemble"]] == [1.0, 0.5]
+
+
 def test_weight_zero_for_every_model_is_refused_in_one_line(tiny_models, in_models, tmp_path):
     r = invoke("generate", "a red apple", *tiny_args(tiny_models, tmp_path / "out", "--clip", "tiny-clip.json:0",
                                                       "--clip", "tiny-clip-b.json/tiny-clip-b.pt:0"))
