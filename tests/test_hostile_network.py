@@ -84,7 +84,8 @@ def site() -> Iterator[Site]:
 
 @pytest.fixture
 def silent() -> Iterator[tuple[int, list[socket.socket]]]:
-    """A port that accepts connections and never says a word (for at most 60 s, then it closes them all)."""
+    """A port that accepts connections and never says a word (until the test ends, 10 minutes at most; then it
+    closes them all)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -93,7 +94,7 @@ def silent() -> Iterator[tuple[int, list[socket.socket]]]:
     stop = threading.Event()
 
     def accept() -> None:
-        until = time.monotonic() + 60
+        until = time.monotonic() + 600
         while not stop.is_set() and time.monotonic() < until:
             try:
                 held.append(listener.accept()[0])

@@ -267,10 +267,13 @@ def test_dropped_connection_is_resumed_within_one_download(server: Server, folde
     data = payload(300_000)
     spec = make_spec(server, data=data, serve=False)
     server.serve("/tiny.ckpt", data, cut_after=50_000, cuts=2)
-    files = install(spec, folder, retries=3)
+    notes: list[str] = []
+    files = install(spec, folder, retries=3, note=notes.append)
     assert files.ckpt_path.read_bytes() == data
     ranges = [h.get("range") for _, h in ckpt_requests(server)]
     assert ranges == [None, "bytes=50000-", "bytes=100000-"]
+    retries = [n for n in notes if "resuming" in n]  # each retry is one line that says which try it is
+    assert len(retries) == 2 and all("\n" not in n for n in retries) and "try 2 of 3" in retries[1], notes
 
 
 def test_server_that_ignores_range_restarts_from_zero(server: Server, folder: Path) -> None:

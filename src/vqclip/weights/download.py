@@ -236,6 +236,8 @@ def _download_one(url: str, part: Path, *, size: int | None, sha256: str | None,
         except DownloadError as e:
             if e.resumable and attempt < retries:
                 attempt += 1
+                if note is not None:  # one line per retry, never the library's multi-line warnings
+                    note(f"{label}: {e.reason}; resuming (try {attempt} of {retries})")
                 time.sleep(retry_wait * attempt)
                 continue
             if not e.resumable and not e.network and part.exists() and started_at == 0:
