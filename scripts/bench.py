@@ -12,6 +12,7 @@ its table and writes the results as JSON to `bench-results/` (or `--out`). One m
     python scripts/bench.py frame           # an animation frame transition (decode, warp, encode) vs one step
     python scripts/bench.py batch           # per-run overhead of `vqclip batch` vs separate `vqclip generate`
     python scripts/bench.py precision --size 256 --cutn 32   # CPU: decoder fp32 + CLIP bf16 vs bf16 everywhere
+    python scripts/bench.py serve [--serve-models tiny]       # a job through `vqclip serve` vs the same run direct
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--image-size", type=int, default=64, help="gallery: side of the synthetic output.png files")
     ap.add_argument("--startup-runs", type=int, default=7, help="startup: timed processes per command (default 7)")
     ap.add_argument("--batch-rows", type=int, default=6, help="batch: rows (default 6)")
+    ap.add_argument("--serve-models", default="real", choices=("real", "tiny"),
+                    help="serve: the f16_16384 architecture at random weights (default) or the tiny test models")
     ap.add_argument("--weights", default=None, help="folder for the random-weight f16_16384 checkpoint "
                                                     "(default: a temporary one)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench-results/bench-<time>.json)")
