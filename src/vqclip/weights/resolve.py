@@ -15,7 +15,7 @@ from typing import Mapping
 
 from vqclip.errors import VqclipError, WeightsMissing
 from vqclip.files import path_problem
-from vqclip.weights.download import Note, Progress, download_file, human_size, sha256_file
+from vqclip.weights.download import Note, Progress, default_timeout, download_file, human_size, sha256_file
 from vqclip.weights.model_yaml import ensure_yaml, validate_yaml
 from vqclip.weights.registry import WeightSpec, table
 from vqclip.weights.store import (CUSTOM, MOVE_WEIGHTS, TOFU, VERIFIED, custom_models, ensure_writable, fresh_entry,
@@ -112,6 +112,7 @@ def install_registry_model(spec: WeightSpec, folder: Path, *, download: bool = T
         raise WeightsMissing(f"{spec.name} is not downloaded (expected {ckpt}); run `vqclip weights download "
                              f"{spec.name}` ({human_size(spec.display_size)} from {spec.url})")
     ensure_writable(folder, "weights folder", MOVE_WEIGHTS)
+    timeout = default_timeout() if timeout is None else timeout  # a bad VQCLIP_TIMEOUT says so before any note
     expected = expected_sha256(spec, folder)
     host = urllib.parse.urlsplit(spec.url).hostname or spec.url
     say(f"Downloading {spec.name} ({human_size(spec.display_size)}) from {host} into {folder}; first use only.")
