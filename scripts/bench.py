@@ -13,6 +13,7 @@ its table and writes the results as JSON to `bench-results/` (or `--out`). One m
     python scripts/bench.py batch           # per-run overhead of `vqclip batch` vs separate `vqclip generate`
     python scripts/bench.py precision --size 256 --cutn 32   # CPU: decoder fp32 + CLIP bf16 vs bf16 everywhere
     python scripts/bench.py serve [--serve-models tiny]       # a job through `vqclip serve` vs the same run direct
+    python scripts/bench.py diffuse --size 256 --cutn 16      # a guided diffusion step: vqclip vs the reference code
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-BENCHMARKS = ("engine", "fit", "gallery", "startup", "frame", "batch", "cache", "precision", "serve")
+BENCHMARKS = ("engine", "fit", "gallery", "startup", "frame", "batch", "cache", "precision", "serve", "diffuse")
 IN_ALL = ("engine", "fit", "gallery", "startup", "frame", "batch")  # cache writes ~1 GB; precision needs minutes
 
 

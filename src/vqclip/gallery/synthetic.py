@@ -1,6 +1,6 @@
 """Synthetic run folders for the gallery's tests and benchmark: tiny real PNGs and details.json (a RunRecord).
 
-Why here and not in tests/: `scripts/bench_gallery.py` and the tests share it, and it needs only Pillow (and pydantic).
+Why here and not in tests/: `vqclip.bench.gallery` and the tests share it, and it needs only Pillow (and pydantic).
 """
 
 from __future__ import annotations
