@@ -165,3 +165,46 @@ def test_batch_rows_of_diffusion(tiny, tmp_path):
     runs = [p for p in out.iterdir() if (p / "details.json").is_file()]
     assert len(runs) == 2 and {details(p)["engine"] for p in runs} == {"diffusion"}
     assert sorted(details(p)["config"]["guidance_scale"] for p in runs) == [500, 2000]
+
+
+def test_weights_download_of_a_diffusion_model_is_verified(tmp_path, monkeypatch):
+    """`vqclip weights download secondary_model_imagenet_2` from a loopback server: the right bytes land under
+    the published name; wrong bytes are refused and leave nothing."""
+    import hashlib
+    import http.server
+    import threading
+
+    from vqclip.weights import registry
+
+    good = b"a diffusion checkpoint" * 1000
+    served = {"body": good}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = served["body"]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = registry.DIFFUSION_WEIGHTS["secondary_model_imagenet_2"]
+        url = f"http://127.0.0.1:{server.server_address[1]}/{spec.filename}"
+        monkeypatch.setitem(registry.DIFFUSION_WEIGHTS, spec.name, dataclasses.replace(
+            spec, url=url, mirrors=(), sha256=hashlib.sha256(good).hexdigest(), size=len(good)))
+        folder = tmp_path / "weights"
+        r = invoke("weights", "download", spec.name, "--weights-dir", str(folder))
+        assert r.exit_code == 0, r.output
+        assert (folder / spec.filename).read_bytes() == good
+        (folder / spec.filename).unlink()
+        served["body"] = b"x" * len(good)
+        r = invoke("weights", "download", spec.name, "--weights-dir", str(folder))
+        assert r.exit_code == 1 and "Traceback" not in r.output
+        assert not (folder / spec.filename).exists()
+    finally:
+        server.shutdown()

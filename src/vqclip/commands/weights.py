@@ -16,6 +16,7 @@ import typer
 
 from vqclip.commands.common import CONTEXT, err_console, handle_errors, out_console
 from vqclip.errors import VqclipError
+from vqclip.commands import weights_diffusion as diffusion_weights
 from vqclip.weights import registry  # registry.WEIGHTS is read at call time (tests swap the table)
 from vqclip.weights.clip import ClipWeights, cached_clip_weights, download_clip
 from vqclip.weights.download import TIMEOUT, human_size
@@ -107,12 +108,13 @@ def list_weights(
     rows = all_status(folder)
     clips = cached_clip_weights() if clip else []
     if as_json:
-        data = [r.as_json() for r in rows] + [
+        data = [r.as_json() for r in rows] + diffusion_weights.rows(folder) + [
             {"name": c.name, "kind": "clip", "installed": True, "status": "hf-cache", "size": c.size,
              "path": str(c.path), "repo": c.repo} for c in clips]
         out_console.print_json(json.dumps(data))
         return
     out_console.print(_models_table(rows, folder))
+    out_console.print(diffusion_weights.table(folder))
     if clips:
         out_console.print(_clip_table(clips))
     installed = sum(r.installed for r in rows)
@@ -233,12 +235,15 @@ def download(
                                  progress=RichTransfer(err_console))
             out_console.print(f"✓ {name}: {path}", markup=False, highlight=False)
             continue
+        if diffusion_weights.is_diffusion(name):
+            diffusion_weights.download(name, folder, rich_note(err_console), RichTransfer(err_console))
+            continue
         _download_one(registry.WEIGHTS[name], folder, cache=cache, timeout=timeout)
 
 
 def _check_names(names: list[str], folder: Path) -> None:
     for name in names:
-        if name.startswith("clip:") or name in registry.WEIGHTS:
+        if name.startswith("clip:") or name in registry.WEIGHTS or diffusion_weights.is_diffusion(name):
             continue
         if name in custom_models(folder):
             raise VqclipError(f"{name} is a custom model in {folder}; there is nothing to download")
