@@ -9,6 +9,9 @@ On a GPU nothing in a step waits for the GPU: the random numbers are drawn on th
 non-blocking copy, losses stay on the device and come back through pinned memory, and the callback for step k
 runs once step k+1 is queued. A step whose loss or gradient is not finite (fp16 overflow) is not applied: the
 latent and the optimizer's moments are put back, on the device, and `StepInfo.skipped` says so.
+
+With a CLIP ensemble (`engine/ensemble.py`) each prompt's loss is the weighted sum of its loss under every model
+on the same cutouts; one CLIP takes the plain path, number for number as before ensembles.
 """
 
 from __future__ import annotations
