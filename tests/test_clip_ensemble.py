@@ -227,6 +227,25 @@ def test_an_interrupted_ensemble_run_continues_to_the_same_bytes(tiny_models, in
     assert details(child)["clip"]["ensemble"] == details(full)["clip"]["ensemble"]
 
 
+def test_runs_that_share_a_model_cache_give_the_bytes_of_a_run_alone(tiny_models, in_models, tmp_path):
+    """As `vqclip batch` and the web UI run them: the second run of the same ensemble loads nothing."""
+    from vqclip.pipeline.cache import ModelCache
+    from vqclip.pipeline.execute import RunRequest, execute
+
+    cfg = build_config(None, {"prompt": "a red apple", "model": str(tiny_models["vqgan_yaml"]), "width": 32,
+                              "height": 32, "cutn": 2, "steps": 2, "save_every": 0, "seed": 8,
+                              "clips": [in_models[1], in_models[3]]})
+    alone = execute(RunRequest(config=cfg, output_dir=tmp_path / "alone"))
+    cache = ModelCache()
+    first = execute(RunRequest(config=cfg, output_dir=tmp_path / "cached", models_cache=cache))
+    loads = cache.loads
+    second = execute(RunRequest(config=cfg, output_dir=tmp_path / "cached", models_cache=cache))
+    assert loads == 2 and cache.loads == 2  # the VQGAN with the first CLIP, and the second CLIP
+    image = (alone.path / "output.png").read_bytes()
+    assert (first.path / "output.png").read_bytes() == image == (second.path / "output.png").read_bytes()
+    assert first.record.losses == alone.record.losses == second.record.losses
+
+
 def test_animate_with_two_clips_every_story_stage_embedded_by_both(tiny_models, in_models, tmp_path):
     r = invoke("animate", "a forest ^ a lake", "--frames", "2", "--steps-per-frame", "1", "--fps", "2",
                "--model", str(tiny_models["vqgan_yaml"]), "--size", "32x32", "--cutn", "2", "--seed", "6",
