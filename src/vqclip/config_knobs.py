@@ -34,7 +34,8 @@ def parse_clip_spec(text: str, default_pretrained: str = "openai") -> ClipSpec:
             raise ValueError(f"--clip {text.strip()!r}: the weight must be a finite number 0 or more")
     if ".json" in spec.lower():
         cut = spec.lower().index(".json") + len(".json")
-        model, tag = spec[:cut], spec[cut:].lstrip("/,")
+        model, tag = spec[:cut], spec[cut:]
+        tag = tag[1:] if tag[:1] in ("/", ",") else tag  # one separator: an absolute checkpoint path keeps its /
     else:
         model, _, tag = spec.rpartition("/") if "/" in spec else (spec, "", "")
     if not model:

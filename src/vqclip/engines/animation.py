@@ -78,9 +78,11 @@ class AnimationEngine(VqganEngine):
                                             state=resume.state if resume is not None else None)
         if run.plan.weight_dtype is not None:  # frozen weights stored as planned; the encoder keeps fp32
             run.models.vqgan.set_weight_dtype(run.plan.weight_dtype)
-            run.models.clip.set_weight_dtype(run.plan.weight_dtype)
+            for clip in dict.fromkeys(run.models.clips):  # every CLIP of an ensemble, each once
+                clip.set_weight_dtype(run.plan.weight_dtype)
         if self.setup.models_cache is None:
-            run.models.clip.release_text_tower()  # the encoder stays: every frame is re-encoded
+            for clip in dict.fromkeys(run.models.clips):  # the encoder stays: every frame is re-encoded
+                clip.release_text_tower()
         return list(self.session.notes)
 
     def run(self, out: Output, should_stop: Callable[[], bool] | None) -> Result:

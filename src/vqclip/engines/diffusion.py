@@ -243,7 +243,7 @@ class DiffusionEngine(Engine):
 
     def record(self) -> dict[str, Any]:
         from vqclip.pipeline.load import versions
-        from vqclip.runfolder.record import Clip, Weights
+        from vqclip.runfolder.record import Clip, ClipMember, Weights
 
         cfg, first = self.setup.config, self.clips[0][0]
         return dict(seed=self.seed, size=self.size, device=str(self.device), precision=self.precision.describe(),
@@ -251,12 +251,13 @@ class DiffusionEngine(Engine):
                     memory_estimate_mb=round(_estimate(self) / 2**20),
                     weights=Weights(name=self.files.name, sha256=self.files.sha256, source=self.files.source,
                                     path=str(self.files.path)),
-                    clip=Clip(model=first.model, pretrained=first.pretrained),
+                    clip=Clip(model=first.model, pretrained=first.pretrained, ensemble=[
+                        ClipMember(model=s.model, pretrained=s.pretrained, weight=s.weight) for s, _ in self.clips]
+                        if cfg.clips else None),
                     diffusion={"model": self.files.name, "image_size": self.unet_config.image_size,
                                "sampler": cfg.sampler, "steps": cfg.steps, "skip_steps": self.sampler.skip_steps,
                                "secondary": self.secondary is not None,
-                               "class_label": int(self.y[0]) if self.y is not None else None,
-                               "clips": [f"{s.model}/{s.pretrained}:{s.weight:g}" for s, _ in self.clips]})
+                               "class_label": int(self.y[0]) if self.y is not None else None})
 
     def salvage(self, exc: BaseException) -> Result | None:
         partial = getattr(self, "partial", None)
