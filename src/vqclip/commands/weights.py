@@ -108,7 +108,7 @@ def list_weights(
     rows = all_status(folder)
     clips = cached_clip_weights() if clip else []
     if as_json:
-        data = [r.as_json() for r in rows] + diffusion_weights.rows(folder) + [
+        data = [r.as_json() for r in rows] + [
             {"name": c.name, "kind": "clip", "installed": True, "status": "hf-cache", "size": c.size,
              "path": str(c.path), "repo": c.repo} for c in clips]
         out_console.print_json(json.dumps(data))

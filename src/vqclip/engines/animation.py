@@ -78,10 +78,10 @@ class AnimationEngine(VqganEngine):
                                             state=resume.state if resume is not None else None)
         if run.plan.weight_dtype is not None:  # frozen weights stored as planned; the encoder keeps fp32
             run.models.vqgan.set_weight_dtype(run.plan.weight_dtype)
-            for clip in dict.fromkeys(run.models.clips):  # every CLIP of an ensemble, each once
+            for clip in _each(run.models.clips):  # every CLIP of an ensemble, each once
                 clip.set_weight_dtype(run.plan.weight_dtype)
         if self.setup.models_cache is None:
-            for clip in dict.fromkeys(run.models.clips):  # the encoder stays: every frame is re-encoded
+            for clip in _each(run.models.clips):  # the encoder stays: every frame is re-encoded
                 clip.release_text_tower()
         return list(self.session.notes)
 
@@ -190,6 +190,11 @@ class AnimationEngine(VqganEngine):
     def failed(self, error: str, run_id: str, result: Result) -> str | None:
         return (f"the animation failed at frame {self.frame} ({error}); the {len(self.per_frame)} frames made "
                 f"were saved as run {run_id} (status failed)")
+
+
+def _each(models: list[Any]) -> list[Any]:
+    """`models` with each object once (a model named twice in an ensemble is one object)."""
+    return list({id(m): m for m in models}.values())
 
 
 def _encode(models: Any, image: Any) -> Any:
