@@ -63,3 +63,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for path, seconds in rows:
         terminalreporter.write_line(f"{path:<{width}}  {seconds:8.1f}")
     terminalreporter.write_line(f"{'total':<{width}}  {sum(_SECONDS_PER_FILE.values()):8.1f}")
+
+
+_SLOW_LIST = Path(__file__).with_name("slow_tests.txt")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark slow the tests tests/slow_tests.txt names (before `-m 'not slow'` deselects by marker)."""
+    names = [line.strip() for line in _SLOW_LIST.read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.startswith("#")]
+    for item in items:
+        if any(item.nodeid == n or item.nodeid.startswith(n) for n in names):
+            item.add_marker(pytest.mark.slow)
