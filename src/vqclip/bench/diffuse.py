@@ -95,13 +95,15 @@ def _reference(size: int, cutn: int, steps: int) -> list[float]:
         a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
         return (a - b).norm(dim=-1).div(2).arcsin().pow(2).mul(2)
 
+    current = [0]  # the respaced index of the step (the notebook's cur_t): cond_fn's own t is rescaled
+
     def cond_fn(x: torch.Tensor, t: torch.Tensor, y: Any = None) -> torch.Tensor:
         with torch.enable_grad():
             x = x.detach().requires_grad_()
             n = x.shape[0]
-            my_t = torch.ones([n], device=device, dtype=torch.long) * t[0]
+            my_t = torch.ones([n], device=device, dtype=torch.long) * current[0]
             out = diffusion.p_mean_variance(model, x, my_t, clip_denoised=False, model_kwargs={})
-            fac = diffusion.sqrt_one_minus_alphas_cumprod[int(t[0])]
+            fac = diffusion.sqrt_one_minus_alphas_cumprod[current[0]]
             x_in = out["pred_xstart"] * fac + x * (1 - fac)
             loss = x_in.new_zeros(())
             for _ in range(2):
@@ -117,9 +119,10 @@ def _reference(size: int, cutn: int, steps: int) -> list[float]:
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     times = []
     for i in range(steps):
-        t = torch.tensor([diffusion.num_timesteps - 1 - i])
+        current[0] = diffusion.num_timesteps - 1 - i
+        t = torch.tensor([current[0]])
         t0 = time.perf_counter()
-        x = diffusion.p_sample(model, x, t, clip_denoised=False, cond_fn=cond_fn)["sample"]
+        x = diffusion.p_sample(model, x, t, clip_denoised=False, cond_fn=cond_fn, model_kwargs={})["sample"]
         times.append(time.perf_counter() - t0)
     return times
 

@@ -57,6 +57,19 @@ class InputFile:
     data: bytes
 
 
+def input_copies(init: Any, image_prompts: list[Any]) -> list[InputFile]:
+    """The copies a run keeps of its init image and image prompts: `init` is (image, bytes, suffix) or None,
+    `image_prompts` ((image, bytes, suffix), spec) pairs, as `pipeline.media.open_image` read them."""
+    from vqclip.runfolder import names
+
+    kept = []
+    if init is not None:
+        kept.append(InputFile("init_image", names.init_image(init[2]), init[1]))
+    for i, ((_, data, suffix), _) in enumerate(image_prompts):
+        kept.append(InputFile("image_prompts", names.image_prompt(i, suffix), data))
+    return kept
+
+
 class Engine(ABC):
     """Defaults for everything but the five core calls (`start`, `run`, `image`, `state`, `record`)."""
 
@@ -119,4 +132,4 @@ class Engine(ABC):
         """Hand cached device memory back at the end of the run."""
 
 
-__all__ = ["Engine", "InputFile", "Output", "Setup"]
+__all__ = ["Engine", "InputFile", "Output", "Setup", "input_copies"]

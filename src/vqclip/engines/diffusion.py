@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from vqclip.engines.base import Engine, InputFile, Output, Setup
+from vqclip.engines.base import Engine, InputFile, Output, Setup, input_copies
 from vqclip.errors import UsageError, VqclipError
 from vqclip.runfolder import names
 from vqclip.runfolder.record import BadRun
@@ -128,12 +128,7 @@ class DiffusionEngine(Engine):
         return True
 
     def input_files(self) -> list[InputFile]:
-        kept = []
-        if self.init is not None:
-            kept.append(InputFile("init_image", names.init_image(self.init[2]), self.init[1]))
-        for i, ((_, data, suffix), _) in enumerate(self.image_prompts):
-            kept.append(InputFile("image_prompts", names.image_prompt(i, suffix), data))
-        return kept
+        return input_copies(self.init, self.image_prompts)
 
     # -- the run ------------------------------------------------------------------------------------------
     def start(self) -> list[str]:

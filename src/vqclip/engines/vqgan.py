@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from vqclip.engines.base import Engine, InputFile, Output, Setup
+from vqclip.engines.base import Engine, InputFile, Output, Setup, input_copies
 from vqclip.engines.vqgan_state import check_state
 from vqclip.errors import VqclipError
 from vqclip.runfolder import names
@@ -43,13 +43,7 @@ class VqganEngine(Engine):
 
     # -- the interface ------------------------------------------------------------------------------------
     def input_files(self) -> list[InputFile]:
-        run = self.loaded
-        kept = []
-        if run.init is not None:
-            kept.append(InputFile("init_image", names.init_image(run.init[2]), run.init[1]))
-        for i, ((_, data, suffix), _) in enumerate(run.image_prompts):
-            kept.append(InputFile("image_prompts", names.image_prompt(i, suffix), data))
-        return kept
+        return input_copies(self.loaded.init, self.loaded.image_prompts)
 
     def start(self) -> list[str]:
         from vqclip import engine
