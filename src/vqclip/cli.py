@@ -17,7 +17,7 @@ from vqclip.errors import stop_exception, shorten
 # Command groups imported only when one of them runs: `vqclip --help` lists them from these lines, so it does not
 # pay for what they import (the weights code, the run records and pydantic, the gallery's templates).
 LAZY_GROUPS = {
-    "weights": ("vqclip.commands.weights", "List, download, verify and remove VQGAN weights."),
+    "weights": ("vqclip.commands.weights", "List, download, verify and remove model weights (VQGAN, diffusion, CLIP)."),
     "runs": ("vqclip.commands.runs_show", "List, inspect and clean up run folders."),
     "gallery": ("vqclip.commands.gallery", "Build a static, offline HTML gallery of runs."),
 }

@@ -10,6 +10,7 @@ activations for one batch of cutouts. A margin covers the allocator and workspac
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 ACTS_PER_BLOCK = 12  # tensors kept per res block in the backward pass (measured against the reference layout)
@@ -76,6 +77,7 @@ def dry_run(run: Any, inputs: Any, note: Any = None) -> dict[str, Any]:
         config = unet_config_of(resolve_diffusion(run.model, "diffusion", weights_dir=inputs.weights_dir,
                                                   download=False))
     device, precision = resolve_device(run.device, run.precision, on_note=note)
+    precision = dataclasses.replace(precision, weights=None)  # as the engine runs it: the U-Net casts its torso
     size = (run.width, run.height)
     lows = {lm: estimate_bytes(config, size, run.model_copy(update={"low_memory": lm}), precision, secondary=False)
             for lm in (False, True)}
