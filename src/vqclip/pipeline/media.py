@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -56,15 +55,9 @@ def open_image(ref: str, what: str) -> tuple[Any, bytes, str]:
 
 def url_deadline() -> float:
     """Seconds an image URL may take in all: `VQCLIP_URL_DEADLINE`, else `URL_DEADLINE`."""
-    text = os.environ.get("VQCLIP_URL_DEADLINE", "").strip()
-    try:
-        value = float(text) if text else URL_DEADLINE
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 86400:  # also refuses nan and inf
-        raise VqclipError(f"VQCLIP_URL_DEADLINE={text[:40]!r} is not a number of seconds between 0 and 86400; "
-                          "set it to e.g. 120, or unset it")
-    return value
+    from vqclip.weights.download import env_seconds
+
+    return env_seconds("VQCLIP_URL_DEADLINE", URL_DEADLINE)
 
 
 def read_url(url: str, what: str) -> bytes:

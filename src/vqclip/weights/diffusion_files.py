@@ -12,17 +12,15 @@ Nothing here prints: notices go to `note`, bytes to a `download.Progress`.
 from __future__ import annotations
 
 import json
-import urllib.parse
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from vqclip.errors import VqclipError, WeightsMissing
 from vqclip.files import path_problem, read_regular
-from vqclip.weights.download import Note, Progress, download_file, human_size, sha256_file
+from vqclip.weights.download import Note, Progress
 from vqclip.weights.registry import DIFFUSION_WEIGHTS, WeightSpec
-from vqclip.weights.store import MOVE_WEIGHTS, TOFU, VERIFIED, ensure_writable, fresh_entry, manifest_entry, \
-    record_file
+from vqclip.weights.resolve import ensure_registry_file
 from vqclip.weights.store import weights_dir as weights_folder
 
 MAX_CONFIG_BYTES = 64 << 10
@@ -124,45 +122,10 @@ def write_unet_config(checkpoint: Path, config: Any) -> Path:
     return side
 
 
-def _expected(spec: WeightSpec, folder: Path, dest: Path) -> str | None:
-    if spec.sha256:
-        return spec.sha256
-    entry = manifest_entry(folder, dest)  # trust on first use: the hash recorded then
-    return str(entry["sha256"]) if entry and entry.get("status") == TOFU and entry.get("sha256") else None
-
-
 def _registry(spec: WeightSpec, folder: Path, download: bool, note: Note | None,
               progress: Progress | None) -> DiffusionFiles:
-    say = note or (lambda text: None)
-    dest = folder / (spec.filename or f"{spec.name}.pt")
-    expected = _expected(spec, folder, dest)
-    if dest.is_file():
-        entry = fresh_entry(folder, dest)
-        if entry and entry.get("sha256") and (expected is None or entry["sha256"] == expected):
-            return DiffusionFiles(spec.name, dest, str(entry["sha256"]), "registry")
-        got = sha256_file(dest, progress, spec.name)
-        if expected is None or got == expected:
-            record_file(folder, dest, got, VERIFIED if spec.sha256 else TOFU)
-            return DiffusionFiles(spec.name, dest, got, "registry")
-        if not download:
-            raise WeightsMissing(f"{dest} is corrupt or not the expected file (sha256 mismatch); run "
-                                 f"`vqclip weights download {spec.name}` to replace it")
-        ensure_writable(folder, "weights folder", MOVE_WEIGHTS)
-        say(f"{dest.name} is corrupt or not the expected file; downloading it again.")
-        dest.unlink()
-    elif not download:
-        raise WeightsMissing(f"{spec.name} is not downloaded (expected {dest}); run `vqclip weights download "
-                             f"{spec.name}` ({human_size(spec.display_size)} from {spec.url})")
-    ensure_writable(folder, "weights folder", MOVE_WEIGHTS)
-    host = urllib.parse.urlsplit(spec.url).hostname or spec.url
-    say(f"Downloading {spec.name} ({human_size(spec.display_size)}) from {host} into {folder}; first use only.")
-    got, url = download_file(spec.urls, dest, size=spec.size, sha256=expected, note=note, progress=progress,
-                             label=spec.name)
-    record_file(folder, dest, got, VERIFIED if spec.sha256 else TOFU, url)
-    if not spec.sha256:
-        say(f"{spec.name} has no published sha256; recorded {got[:16]}… and will insist on it from now on "
-            "(trust on first use).")
-    return DiffusionFiles(spec.name, dest, got, "registry")
+    path, got = ensure_registry_file(spec, folder, download=download, note=note, progress=progress)
+    return DiffusionFiles(spec.name, path, got, "registry")
 
 
 __all__ = ["DiffusionFiles", "resolve_diffusion", "names", "unet_config_of", "write_unet_config"]

@@ -46,19 +46,25 @@ class Progress(Protocol):
     def stop(self) -> None: ...
 
 
-def default_timeout() -> float:
-    """Seconds a download waits for each read when no `--timeout` is given: `VQCLIP_TIMEOUT`, else `TIMEOUT`."""
-    text = os.environ.get("VQCLIP_TIMEOUT", "").strip()
+def env_seconds(name: str, default: float) -> float:
+    """A number of seconds from the environment variable `name` (unset or empty: `default`); anything but a
+    number from 0 to 86400 is one line naming the variable."""
+    text = os.environ.get(name, "").strip()
     if not text:
-        return TIMEOUT
+        return default
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if not 0 < value <= 86400:  # also refuses nan and inf
-        raise VqclipError(f"VQCLIP_TIMEOUT={text[:40]!r} is not a number of seconds between 0 and 86400; "
-                          "set it to e.g. 30, or unset it")
+        raise VqclipError(f"{name}={text[:40]!r} is not a number of seconds between 0 and 86400; "
+                          f"set it to e.g. {default:g}, or unset it")
     return value
+
+
+def default_timeout() -> float:
+    """Seconds a download waits for each read when no `--timeout` is given: `VQCLIP_TIMEOUT`, else `TIMEOUT`."""
+    return env_seconds("VQCLIP_TIMEOUT", TIMEOUT)
 
 
 def part_path(dest: Path) -> Path:

@@ -67,11 +67,16 @@ def resolve_model(name_or_path: str, *, weights_dir: str | Path | None = None, d
 # -------------------------------------------------------------------------------------- registry models
 
 
+def installed_path(spec: WeightSpec, folder: Path) -> Path:
+    """Where a registry file lives in the weights folder: its published name (diffusion models) or NAME.ckpt."""
+    return folder / (spec.filename or f"{spec.name}.ckpt")
+
+
 def expected_sha256(spec: WeightSpec, folder: Path) -> str | None:
     """The registry's sha256, else the hash recorded when the file was first trusted (TOFU)."""
     if spec.sha256:
         return spec.sha256
-    entry = manifest_entry(folder, folder / f"{spec.name}.ckpt")
+    entry = manifest_entry(folder, installed_path(spec, folder))
     return entry.get("sha256") if entry and entry.get("status") == TOFU else None
 
 
@@ -94,14 +99,24 @@ def check_installed(spec: WeightSpec, ckpt: Path, folder: Path, progress: Progre
 def install_registry_model(spec: WeightSpec, folder: Path, *, download: bool = True, note: Note | None = None,
                            progress: Progress | None = None, timeout: float | None = None,
                            retries: int | None = None, retry_wait: float | None = None) -> ModelFiles:
-    """Make sure `spec`'s checkpoint is in `folder` and good: reuse, re-download a corrupt one, or fetch it."""
-    say = note or (lambda text: None)
-    ckpt = folder / f"{spec.name}.ckpt"
+    """Make sure `spec`'s yaml and checkpoint are in `folder` and good (see `ensure_registry_file`)."""
     yaml_path = ensure_yaml(spec, folder, download=download, timeout=timeout)
+    ckpt, got = ensure_registry_file(spec, folder, download=download, note=note, progress=progress, timeout=timeout,
+                                     retries=retries, retry_wait=retry_wait)
+    return ModelFiles(spec.name, yaml_path, ckpt, got, "registry")
+
+
+def ensure_registry_file(spec: WeightSpec, folder: Path, *, download: bool = True, note: Note | None = None,
+                         progress: Progress | None = None, timeout: float | None = None,
+                         retries: int | None = None, retry_wait: float | None = None) -> tuple[Path, str]:
+    """(path, sha256) of `spec`'s file in `folder`, good: reused, re-downloaded when corrupt, or fetched (any
+    registry family: a VQGAN checkpoint, a diffusion U-Net, the secondary model)."""
+    say = note or (lambda text: None)
+    ckpt = installed_path(spec, folder)
     if ckpt.is_file():
         good, got = check_installed(spec, ckpt, folder, progress)
         if good:
-            return ModelFiles(spec.name, yaml_path, ckpt, got, "registry")
+            return ckpt, got
         if not download:
             raise WeightsMissing(f"{ckpt} is corrupt or not the expected file (sha256 mismatch); run "
                                  f"`vqclip weights download {spec.name}` to replace it")
@@ -123,7 +138,7 @@ def install_registry_model(spec: WeightSpec, folder: Path, *, download: bool = T
     if status == TOFU:
         say(f"{spec.name} has no published sha256; recorded {got[:16]}… and will insist on it from now on "
             "(trust on first use).")
-    return ModelFiles(spec.name, yaml_path, ckpt, got, "registry")
+    return ckpt, got
 
 
 # ------------------------------------------------------------------------------------ custom pairs, paths
